@@ -1,0 +1,38 @@
+"""Shared test fixtures. Tests run on 2 CPU cores: keep torch to one thread per process."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+REAL_SAMPLE = REPO.parent / "shared" / "realdata" / "BM_cytomorphology_sample"
+
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover - torch is in requirements.txt
+    pass
+
+
+# The whole session writes runtime state into one temporary BMTEACH_HOME, never into the checkout. Tests that
+# need a pristine home of their own use the `fresh_home` fixture.
+os.environ["BMTEACH_HOME"] = tempfile.mkdtemp(prefix="bmteach-test-home-")
+
+
+@pytest.fixture
+def fresh_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("BMTEACH_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def real_sample() -> Path:
+    """The 420 real cells in ../shared/realdata; the test is skipped when they are absent."""
+    if not REAL_SAMPLE.is_dir():
+        pytest.skip("../shared/realdata is not present")
+    return REAL_SAMPLE
