@@ -1,0 +1,184 @@
+"""Which data set and which run the app shows, and the instructor secret that guards changing them.
+
+Order of precedence, most specific first:
+  data set  BMTEACH_DATA env > instructor setting (BMTEACH_HOME/settings.json) > synthetic default
+  run       BMTEACH_RUN env  > instructor setting                               > models/demo
+No Streamlit here: ui.py passes st.secrets in when it has them.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bmteach.classes import ABBRS
+from bmteach.errors import UserError
+from bmteach.storage import DEMO_RUN, atomic_write_json, default_data_dir, home
+
+DATA_ENV = "BMTEACH_DATA"
+RUN_ENV = "BMTEACH_RUN"
+SECRET_ENV = "BMTEACH_INSTRUCTOR_SECRET"
+SECRET_KEY = "instructor_secret"  # key in .streamlit/secrets.toml
+REAL_DATA_FOLDER = "BM_cytomorphology_data"
+
+
+@dataclass
+class Settings:
+    """What an instructor chose in the app; None means 'use the default'."""
+    data_dir: str | None = None
+    run_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class Choice:
+    """An active path and where it came from: 'env', 'setting' or 'default'."""
+    path: Path
+    source: str
+
+    @property
+    def is_default(self) -> bool:
+        return self.source == "default"
+
+
+def settings_path() -> Path:
+    return home() / "settings.json"
+
+
+def load_settings() -> Settings:
+    """The saved settings; a missing file means defaults, a damaged one is one clear error."""
+    path = settings_path()
+    if not path.is_file():
+        return Settings()
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"The settings file {path} is damaged; delete it to go back to the defaults.") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"The settings file {path} does not hold settings; delete it to go back to the defaults.")
+    return Settings(data_dir=_str_or_none(raw.get("data_dir")), run_dir=_str_or_none(raw.get("run_dir")))
+
+
+def _str_or_none(value) -> str | None:
+    return str(value) if isinstance(value, str) and value.strip() else None
+
+
+def save_settings(settings: Settings) -> None:
+    atomic_write_json(settings_path(), asdict(settings))
+
+
+# --- validation: each failure is one sentence a teacher can act on --------------------------------------
+
+def validate_data_dir(path: str | Path) -> Path:
+    """An existing folder with at least one class folder (BLA, NGS, ...) directly inside it."""
+    text = str(path).strip()
+    if not text:
+        raise UserError("Give the path of a data folder, e.g. /data/BM_cytomorphology_data.")
+    folder = Path(text).expanduser().resolve()
+    if not folder.exists():
+        raise UserError(f"The data folder {folder} does not exist.")
+    if not folder.is_dir():
+        raise UserError(f"{folder} is a file, not a data folder.")
+    inside = _subfolders(folder)
+    if any(name.upper() in ABBRS for name in inside):
+        return folder
+    if REAL_DATA_FOLDER in inside:
+        raise UserError(f"{folder} holds {REAL_DATA_FOLDER}: point the app at {folder / REAL_DATA_FOLDER} itself.")
+    raise UserError(f"{folder} has no class folders (BLA, PMO, NGS, ...): point the app at the folder "
+                    f"that holds them, such as {REAL_DATA_FOLDER}.")
+
+
+def _subfolders(folder: Path) -> list[str]:
+    try:
+        return [p.name for p in folder.iterdir() if p.is_dir()]
+    except PermissionError:
+        raise UserError(f"The app may not read the folder {folder}.") from None
+
+
+def validate_run_dir(path: str | Path) -> Path:
+    """A run folder with at least one trained fold (fold<k>/model.pt and meta.json)."""
+    text = str(path).strip()
+    if not text:
+        raise UserError("Give the path of a run folder (made by `python -m bmteach train --out RUN`).")
+    folder = Path(text).expanduser().resolve()
+    if not folder.is_dir():
+        raise UserError(f"The run folder {folder} does not exist.")
+    if not trained_folds(folder):
+        raise UserError(f"{folder} holds no trained fold (fold0/model.pt with meta.json): train it first or "
+                        "choose another run.")
+    return folder
+
+
+def trained_folds(run_dir: str | Path) -> list[int]:
+    """Fold numbers that have a checkpoint and its metadata, in order."""
+    folds = []
+    for sub in Path(run_dir).glob("fold*"):
+        number = sub.name[4:]
+        if number.isdigit() and (sub / "model.pt").is_file() and (sub / "meta.json").is_file():
+            folds.append(int(number))
+    return sorted(folds)
+
+
+# --- what is active -------------------------------------------------------------------------------------
+
+def active_data_dir(settings: Settings | None = None) -> Choice:
+    """The data set the app shows (not validated here: the page says what is wrong with it)."""
+    env = os.environ.get(DATA_ENV, "").strip()
+    if env:
+        return Choice(Path(env).expanduser().resolve(), "env")
+    settings = settings if settings is not None else load_settings()
+    if settings.data_dir:
+        return Choice(Path(settings.data_dir).expanduser().resolve(), "setting")
+    return Choice(default_data_dir(), "default")
+
+
+def active_run_dir(settings: Settings | None = None) -> Choice:
+    """The run whose models the app uses (not validated here: it may not be trained yet)."""
+    env = os.environ.get(RUN_ENV, "").strip()
+    if env:
+        return Choice(Path(env).expanduser().resolve(), "env")
+    settings = settings if settings is not None else load_settings()
+    if settings.run_dir:
+        return Choice(Path(settings.run_dir).expanduser().resolve(), "setting")
+    return Choice(DEMO_RUN, "default")
+
+
+def set_data_dir(path: str | Path | None) -> Path | None:
+    """Validate and save the instructor's data folder; None or '' goes back to the synthetic default."""
+    settings = load_settings()
+    folder = validate_data_dir(path) if path and str(path).strip() else None
+    settings.data_dir = str(folder) if folder else None
+    save_settings(settings)
+    return folder
+
+
+def set_run_dir(path: str | Path | None) -> Path | None:
+    """Validate and save the instructor's run folder; None or '' goes back to the demo run."""
+    settings = load_settings()
+    folder = validate_run_dir(path) if path and str(path).strip() else None
+    settings.run_dir = str(folder) if folder else None
+    save_settings(settings)
+    return folder
+
+
+# --- instructor secret ----------------------------------------------------------------------------------
+
+def instructor_secret(secrets: Mapping | None = None) -> str | None:
+    """The configured secret: secrets.toml's instructor_secret first, then the environment; None if neither."""
+    if secrets is not None:
+        try:
+            value = secrets.get(SECRET_KEY)
+        except Exception:  # Streamlit raises when no secrets.toml exists at all
+            value = None
+        if isinstance(value, str) and value:
+            return value
+    return os.environ.get(SECRET_ENV) or None
+
+
+def check_secret(given: str | None, expected: str | None) -> bool:
+    """Constant-time comparison; no configured secret means nobody is let in."""
+    if not expected or not given:
+        return False
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
