@@ -19,7 +19,8 @@ def _add_index(sub):
     p.add_argument("--folds", type=int, default=5, help="number of cross-validation folds (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
     p.add_argument("--mapping", help="CSV mapping folder names onto the 21 classes (columns: folder,abbr)")
-    p.add_argument("--group-column", help="with --groups CSV: keep each group in one fold")
+    p.add_argument("--groups", help="CSV with columns path,group (patient, slide): each group stays in one fold")
+    p.add_argument("--verify", action="store_true", help="fully decode every image (slow; default: cheap checks)")
     p.add_argument("--out", required=True, help="manifest CSV to write (path,label,fold)")
     p.set_defaults(module="bmteach.data", func="cli_index")
 
