@@ -1,0 +1,289 @@
+"""Inference: a `Predictor` for a run folder (one model per fold) or one checkpoint, and `predict` on the CLI.
+
+Honest by construction: an image of the data set is predicted by the fold model that never trained on it
+(`fold_of(relpath)` reads run/manifest.csv, then `predict_proba(images, fold=k)`), or read back from the run's
+out-of-fold predictions (`oof(relpath)`, run/oof.csv, no recomputation). An upload belongs to no fold: with
+`fold=None` the fold models' probabilities are averaged.
+
+Safe under many sessions of one server process: after construction a Predictor is read-only (models in eval
+mode, used under torch.inference_mode, which never mutates them); the only lazily filled state, the oof table,
+sits behind a lock.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from bmteach.augment import eval_transform
+from bmteach.classes import class_name
+from bmteach.errors import CheckpointError, UserError
+from bmteach.models import CellNet, ModelMeta, load_checkpoint, pick_device
+
+BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class OofPrediction:
+    """One row of run/oof.csv: the prediction made by the fold model that did not train on the image."""
+    path: str
+    true: str
+    pred: str
+    fold: int
+    probs: dict[str, float]
+
+
+def _fold_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    """fold<k>/ folders holding a model.pt, sorted by k."""
+    found = []
+    for d in run_dir.glob("fold*"):
+        suffix = d.name[len("fold"):]
+        if d.is_dir() and suffix.isdigit() and (d / "model.pt").is_file():
+            found.append((int(suffix), d))
+    return sorted(found)
+
+
+def _normalise_relpath(relpath: str | Path) -> str:
+    """Manifest paths are POSIX and relative to the data root; accept Windows separators and a leading ./"""
+    return str(PurePosixPath(str(relpath).replace("\\", "/")))
+
+
+def _read_manifest(path: Path) -> pd.DataFrame:
+    try:
+        from bmteach.data import read_manifest
+    except ImportError:  # bmteach.data lands in parallel; the CSV format is fixed (docs/formats.md)
+        return pd.read_csv(path, dtype={"path": str, "label": str})
+    return read_manifest(path)
+
+
+def _check_same_preprocessing(metas: list[ModelMeta], run_dir: Path) -> None:
+    """Averaging fold models only makes sense when they share classes and preprocessing."""
+    first = metas[0]
+    for meta in metas[1:]:
+        if (meta.classes, meta.image_size, list(meta.mean), list(meta.std)) != (
+                first.classes, first.image_size, list(first.mean), list(first.std)):
+            raise CheckpointError(f"The fold models in {run_dir} disagree on classes or preprocessing "
+                                  f"(fold {meta.fold} vs fold {first.fold}); retrain or remove the odd fold.")
+
+
+class Predictor:
+    """Fold models of a run (or one checkpoint) with their preprocessing. Build with from_run/from_checkpoint."""
+
+    def __init__(self, models: dict[int, CellNet], meta: ModelMeta, device: torch.device,
+                 fold_by_path: dict[str, int] | None = None, run_dir: Path | None = None):
+        self._models = models                      # fold -> model (eval mode, read-only)
+        self.meta = meta
+        self.classes: list[str] = list(meta.classes)
+        self.image_size: int = meta.image_size
+        self.device = device
+        self.run_dir = run_dir
+        self._fold_by_path = fold_by_path or {}
+        self._transform = eval_transform(meta.image_size, meta.mean, meta.std)
+        self._oof_lock = threading.Lock()
+        self._oof: tuple[float, dict[str, OofPrediction]] | None = None  # (mtime of oof.csv, rows by path)
+
+    # --- construction ------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str = "auto") -> "Predictor":
+        """Every fold<k>/model.pt of a run; run/manifest.csv tells which fold each data-set image belongs to."""
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise CheckpointError(f"Run folder not found: {run_dir}.")
+        folds = _fold_dirs(run_dir)
+        if not folds:
+            raise CheckpointError(f"{run_dir} holds no trained fold (no fold<k>/model.pt); train it first.")
+        dev = pick_device(device)
+        models, metas = {}, []
+        for k, d in folds:
+            models[k], meta = load_checkpoint(d / "model.pt", device=dev)
+            metas.append(meta)
+        _check_same_preprocessing(metas, run_dir)
+        fold_by_path = {}
+        manifest = run_dir / "manifest.csv"
+        if manifest.is_file():
+            df = _read_manifest(manifest)
+            fold_by_path = {_normalise_relpath(p): int(f) for p, f in zip(df["path"], df["fold"])}
+        return cls(models, metas[0], dev, fold_by_path, run_dir)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> "Predictor":
+        """One model (model.pt with meta.json beside it); it belongs to no run, so fold_of is always None."""
+        dev = pick_device(device)
+        model, meta = load_checkpoint(path, device=dev)
+        return cls({meta.fold if meta.fold is not None else 0: model}, meta, dev)
+
+    # --- folds ---------------------------------------------------------------------------------------------
+
+    @property
+    def folds(self) -> list[int]:
+        return sorted(self._models)
+
+    def fold_of(self, relpath: str | Path) -> int | None:
+        """The fold a data-set image (path relative to the data root) was held out in; None when unknown."""
+        return self._fold_by_path.get(_normalise_relpath(relpath))
+
+    def model(self, fold: int | None = None) -> CellNet:
+        """The model of one fold. fold=None (an upload) gives the first fold's model: maps and features of
+        different fold models live in different spaces, so they are never averaged."""
+        if fold is None:
+            return self._models[self.folds[0]]
+        if fold not in self._models:
+            raise CheckpointError(f"Fold {fold} of this run has no trained model yet "
+                                  f"(trained folds: {', '.join(map(str, self.folds))}).")
+        return self._models[fold]
+
+    # --- inference -------------------------------------------------------------------------------------------
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """PIL images -> (n, 3, S, S) normalised tensor on the predictor's device (the checkpoint's transform).
+        Built outside inference mode, so the explain functions can take gradients with respect to it."""
+        tensors = [self._transform(im if im.mode == "RGB" else im.convert("RGB")) for im in images]
+        return torch.stack(tensors).to(self.device)
+
+    def _batches(self, images: list[Image.Image], batch_size: int):
+        for start in range(0, len(images), batch_size):
+            yield self.preprocess(images[start:start + batch_size])
+
+    def predict_proba(self, images: list[Image.Image], fold: int | None = None,
+                      batch_size: int = BATCH_SIZE) -> np.ndarray:
+        """(n, C) class probabilities in `classes` order: one fold's model, or with fold=None the mean of the
+        fold models' probabilities (an upload, seen by no fold in training)."""
+        models = list(self._models.values()) if fold is None else [self.model(fold)]
+        if not images:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        out = []
+        with torch.inference_mode():
+            for x in self._batches(images, batch_size):
+                probs = torch.stack([torch.softmax(m(x).float(), dim=1) for m in models]).mean(0)
+                out.append(probs.cpu().numpy())
+        return np.concatenate(out)
+
+    def features(self, images: list[Image.Image], fold: int | None = None,
+                 batch_size: int = BATCH_SIZE) -> np.ndarray:
+        """(n, F) penultimate features of one fold's model (fold=None: the first fold, see `model`)."""
+        model = self.model(fold)
+        if not images:
+            return np.zeros((0, model.num_features), dtype=np.float32)
+        with torch.inference_mode():
+            out = [model.forward_features(x).float().cpu().numpy() for x in self._batches(images, batch_size)]
+        return np.concatenate(out)
+
+    # --- out-of-fold predictions already in the run ----------------------------------------------------------
+
+    def oof(self, relpath: str | Path) -> OofPrediction | None:
+        """The run's own out-of-fold prediction for a data-set image (run/oof.csv); None when absent."""
+        if self.run_dir is None:
+            return None
+        return self._oof_rows().get(_normalise_relpath(relpath))
+
+    def _oof_rows(self) -> dict[str, OofPrediction]:
+        path = self.run_dir / "oof.csv"
+        if not path.is_file():
+            return {}
+        mtime = path.stat().st_mtime
+        with self._oof_lock:  # re-read only when evaluate rewrote the file
+            if self._oof is None or self._oof[0] != mtime:
+                self._oof = (mtime, read_oof(path))
+            return self._oof[1]
+
+
+def read_oof(path: str | Path) -> dict[str, OofPrediction]:
+    """oof.csv (path,true,pred,fold,prob_<ABBR>...) -> {relpath: OofPrediction}."""
+    df = pd.read_csv(path, dtype={"path": str, "true": str, "pred": str})
+    prob_cols = [c for c in df.columns if c.startswith("prob_")]
+    probs = df[prob_cols].to_numpy(dtype=float)
+    names = [c[len("prob_"):] for c in prob_cols]
+    rows = {}
+    for i, (p, t, pr, f) in enumerate(zip(df["path"], df["true"], df["pred"], df["fold"])):
+        rel = _normalise_relpath(p)
+        rows[rel] = OofPrediction(rel, t, pr, int(f), dict(zip(names, probs[i].tolist())))
+    return rows
+
+
+# --- command line: python -m bmteach predict -------------------------------------------------------------------
+
+def _load_image(path: str) -> Image.Image:
+    try:
+        from bmteach.data import load_image
+    except ImportError:  # bmteach.data lands in parallel; until then a minimal, strict PIL read
+        return _load_image_minimal(path)
+    return load_image(path)
+
+
+def _load_image_minimal(path: str) -> Image.Image:
+    from bmteach.errors import BadImageError
+    try:
+        with Image.open(path) as im:
+            im.load()  # truncated files fail here
+            return im.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise BadImageError(f"{Path(path).name} is not a readable image ({exc}).") from None
+
+
+def _describe_error(exc: Exception) -> str:
+    """One sentence for the person: our own errors already are; others get their cause named."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return "file not found."
+    if isinstance(exc, IsADirectoryError):
+        return "this is a folder, not an image."
+    return f"could not read this file as an image ({type(exc).__name__}: {exc})."
+
+
+def _result_line(path: str, probs: np.ndarray, classes: list[str], as_json: bool) -> str:
+    order = np.argsort(-probs, kind="stable")
+    if as_json:
+        return json.dumps({"path": path, "pred": classes[order[0]],
+                           "probs": {c: round(float(p), 6) for c, p in zip(classes, probs)}})
+    top = " | ".join(f"{classes[i]} {class_name(classes[i])} {probs[i]:.3f}" for i in order[:3])
+    return f"{path}: {top}"
+
+
+def _print_error(path: str, message: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"path": path, "error": message}), flush=True)
+    else:
+        print(f"{path}: error: {message}", file=sys.stderr, flush=True)
+
+
+def _predict_chunk(predictor: Predictor, paths: list[str], as_json: bool) -> int:
+    """Load, predict and print one chunk of paths in input order; returns how many failed."""
+    loaded: dict[int, Image.Image] = {}
+    errors: dict[int, str] = {}
+    for i, path in enumerate(paths):
+        try:
+            loaded[i] = _load_image(path)
+        except Exception as exc:  # one bad file never stops the others
+            errors[i] = _describe_error(exc)
+    probs = predictor.predict_proba([loaded[i] for i in sorted(loaded)])
+    row_of = {i: r for r, i in enumerate(sorted(loaded))}
+    for i, path in enumerate(paths):
+        if i in errors:
+            _print_error(path, errors[i], as_json)
+        else:
+            print(_result_line(path, probs[row_of[i]], predictor.classes, as_json), flush=True)
+    return len(errors)
+
+
+def cli_predict(args) -> int:
+    """python -m bmteach predict --run RUN|--checkpoint FILE [--json] IMAGE...: exit 1 when any image failed."""
+    device = getattr(args, "device", "auto")
+    if args.run:
+        predictor = Predictor.from_run(args.run, device=device)
+    else:
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=device)
+    failed = 0
+    for start in range(0, len(args.images), BATCH_SIZE):
+        failed += _predict_chunk(predictor, args.images[start:start + BATCH_SIZE], args.json)
+    return 1 if failed else 0
