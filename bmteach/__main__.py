@@ -49,7 +49,7 @@ def _add_train(sub):
     p.add_argument("--data", required=True, help="data folder (the root the manifest's paths are relative to)")
     p.add_argument("--manifest", help="manifest CSV written by `index` (default: index --data with --num-folds)")
     p.add_argument("--model", default="sequential", choices=["sequential", "resnext50"])
-    p.add_argument("--folds", default="0,1,2,3,4", help="comma-separated folds to run (default all five)")
+    p.add_argument("--folds", default=None, help="comma-separated folds to run, e.g. 0,1 (default: every fold)")
     p.add_argument("--num-folds", type=int, default=5, help="folds in the split when indexing --data")
     p.add_argument("--epochs", type=int, default=13)
     p.add_argument("--out", required=True, help="run folder")

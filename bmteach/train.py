@@ -1,0 +1,665 @@
+"""Cross-validation training (the paper's protocol): one fold = train on the other folds, predict this fold.
+
+    python -m bmteach train --data DIR [--manifest CSV] --model sequential --epochs 13 --out RUN
+
+Each fold writes RUN/fold<k>/: progress.jsonl while it trains, last.pt after every epoch (model, optimiser,
+scheduler, epoch, RNG state; loadable with weights_only=True), then oof.csv (its own images' probabilities),
+model.pt + meta.json (complete) and removes last.pt. Every random draw is seeded from (seed, fold, epoch[, sample]),
+so `--resume` after a kill reproduces an uninterrupted run bit for bit on CPU. One process writes a run at a time
+(RUN/.lock). On CUDA: mixed precision, channels_last, parallel data loading; `--parallel-folds` runs one fold per
+GPU; under `torchrun` one fold is spread over the processes with DistributedDataParallel (only rank 0 writes).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from bmteach import __version__
+from bmteach.augment import BalancedSampler, derive_seed, eval_transform, train_transform
+from bmteach.classes import ABBRS
+from bmteach.errors import CheckpointError, UserError
+from bmteach.models import (DATASET_MEAN, DATASET_STD, DEFAULT_IMAGE_SIZE, MODEL_NAMES, CellNet, ModelMeta,
+                            create_model, pick_device, save_checkpoint)
+from bmteach.runs import PARENT_LOCK_ENV, RunLock, open_run
+from bmteach.storage import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+
+# Per-model defaults: batch size and peak learning rate of the one-cycle schedule (AdamW).
+DEFAULT_BATCH = {"sequential": 64, "resnext50": 64}
+DEFAULT_LR = {"sequential": 3e-3, "resnext50": 1e-3}
+# Seed "purposes", so model init, augmentation and sampling draw independent streams.
+_INIT, _AUGMENT, _SAMPLER = 1, 2, 3
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a run's result; saved as RUN/config.json."""
+    model: str = "sequential"
+    data_root: str = ""                 # absolute path where the run was trained (manifest paths are relative)
+    classes: list[str] = field(default_factory=lambda: list(ABBRS))
+    image_size: int = 128
+    mean: list[float] = field(default_factory=lambda: list(DATASET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(DATASET_STD))
+    num_folds: int = 5
+    folds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    epochs: int = 13
+    per_class: int | None = None        # class balancing: images per class per epoch (None: each image once)
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    stain_strength: float = 0.05
+    seed: int = 0
+    finetune: str = "all"               # "all" or "head" (frozen body)
+    pretrained: bool = False
+    manifest_source: str = ""           # the --manifest given, or "index" when built from --data
+    version: str = __version__
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Dist:
+    """This process's place in a torchrun job (world_size 1 when not distributed)."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+# --- data --------------------------------------------------------------------------------------------------
+
+class CellImages(Dataset):
+    """Images listed by relative path under `root`. Items are (index, seed) pairs: each sample's augmentation
+    is drawn from its own seed, so results do not depend on the number of loader workers or their history."""
+
+    def __init__(self, root: Path, paths, labels, transform, classes):
+        self.root, self.paths, self.transform = Path(root), list(paths), transform
+        lookup = {c: i for i, c in enumerate(classes)}
+        self.targets = [lookup[c] for c in labels]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item):
+        from bmteach.data import load_image, safe_join
+
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        image = load_image(safe_join(self.root, self.paths[index]))
+        if seed is None:
+            return self.transform(image), self.targets[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), self.targets[index]
+
+
+class SeededSampler(Sampler):
+    """Wraps the balancing sampler: yields (index, per-sample seed) with seeds fixed by (seed, fold, epoch)."""
+
+    def __init__(self, base: BalancedSampler, seed: int, fold: int):
+        self.base, self.seed, self.fold, self.epoch = base, seed, fold, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.base.set_epoch(epoch)
+
+    def __iter__(self):
+        start = derive_seed(self.seed, self.fold, self.epoch, _AUGMENT) * 1_000_003
+        return ((i, (start + n) % 2**62) for n, i in enumerate(self.base))
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+
+def resolve_data_root(data: str) -> Path:
+    """--data DIR, or 'default' for the embedded synthetic data set (generated on first use)."""
+    if data == "default":
+        from bmteach.synth import ensure_default_dataset
+
+        return Path(ensure_default_dataset(progress=None)).resolve()
+    root = Path(data).expanduser()
+    if not root.is_dir():
+        raise UserError(f"Data folder not found: {root}.")
+    return root.resolve()
+
+
+def build_or_read_manifest(root: Path, manifest: str | None, num_folds: int, seed: int) -> pd.DataFrame:
+    """The manifest given with --manifest, or one built by indexing --data (stratified folds, seeded)."""
+    from bmteach import data
+
+    if manifest:
+        if not Path(manifest).is_file():
+            raise UserError(f"Manifest not found: {manifest}.")
+        df = data.read_manifest(manifest)
+    else:
+        result = data.index(root)
+        if result.skipped:
+            print(f"note: {len(result.skipped)} files skipped while indexing {root} (see `python -m bmteach index`).",
+                  file=sys.stderr)
+        df = data.build_manifest(result, k=num_folds, seed=seed)
+    df = df.reset_index(drop=True)
+    unknown = sorted(set(df["label"]) - set(ABBRS))
+    if unknown:
+        raise UserError(f"The manifest has labels outside the 21 classes: {', '.join(unknown)}.")
+    return df
+
+
+def check_folds(folds: list[int], manifest: pd.DataFrame, num_folds: int) -> None:
+    present = set(int(f) for f in manifest["fold"])
+    for k in folds:
+        if not 0 <= k < num_folds:
+            raise UserError(f"Unknown fold {k}: this split has folds 0..{num_folds - 1}.")
+        if k not in present:
+            raise UserError(f"Fold {k} has no images in the manifest.")
+    if len(present) < 2:
+        raise UserError("Cross-validation needs at least two folds with images.")
+
+
+def make_loader(dataset: Dataset, sampler: Sampler | None, batch_size: int, device: torch.device,
+                workers: int) -> DataLoader:
+    on_gpu = device.type == "cuda"
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+                      pin_memory=on_gpu, persistent_workers=workers > 0 and sampler is not None,
+                      prefetch_factor=4 if workers > 0 else None, drop_last=False)
+
+
+def default_workers(device: torch.device) -> int:
+    """GPU: enough workers to keep it fed; CPU: decode in the main process (the cores are busy training)."""
+    return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+
+
+# --- one fold ----------------------------------------------------------------------------------------------
+
+@dataclass
+class FoldState:
+    """What a training step needs; kept together so checkpointing is one function."""
+    model: CellNet
+    net: nn.Module                     # the model itself, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    epoch: int = 0                     # epochs completed
+    history: list = field(default_factory=list)
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def build_fold_state(cfg: TrainConfig, fold: int, steps_per_epoch: int, device: torch.device, dist: Dist) -> FoldState:
+    torch.manual_seed(derive_seed(cfg.seed, fold, 0, _INIT))
+    model = create_model(cfg.model, num_classes=len(cfg.classes), pretrained=cfg.pretrained)
+    if cfg.finetune == "head":
+        for p in model.body.parameters():
+            p.requires_grad_(False)
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    net: nn.Module = model
+    if dist.world_size > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, pct_start=0.2,
+                                                    total_steps=max(1, cfg.epochs * steps_per_epoch))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype(device) == torch.float16)
+    return FoldState(model, net, optimizer, scheduler, scaler)
+
+
+def save_training_state(state: FoldState, path: Path) -> None:
+    """last.pt: tensors, lists, dicts, numbers only (weights_only=True loads it), written atomically."""
+    blob = {
+        "model": {k: v.detach().cpu() for k, v in state.model.state_dict().items()},
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "epoch": state.epoch,
+        "history": state.history,
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+    }
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_training_state(state: FoldState, path: Path) -> None:
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        state.model.load_state_dict(blob["model"])
+        state.optimizer.load_state_dict(blob["optimizer"])
+        state.scheduler.load_state_dict(blob["scheduler"])
+        state.scaler.load_state_dict(blob["scaler"])
+    except Exception as exc:
+        raise CheckpointError(f"{path} cannot be resumed from ({type(exc).__name__}); delete it to restart "
+                              "this fold from scratch.") from None
+    state.epoch, state.history = int(blob["epoch"]), list(blob["history"])
+    torch.set_rng_state(blob["rng"]["torch"])
+
+
+class ProgressLog:
+    """Appends progress records to fold<k>/progress.jsonl (main process only) and tracks speed and ETA."""
+
+    def __init__(self, path: Path | None, fold: int, epochs: int, steps_per_epoch: int, batch_images: int):
+        self.path, self.fold, self.epochs, self.steps = path, fold, epochs, steps_per_epoch
+        self.batch_images = batch_images   # images per step over all processes
+        self.mark, self.images, self.rate = time.time(), 0, None
+
+    def count(self, images: int) -> None:
+        self.images += images
+
+    def write(self, epoch: int, step: int, loss: float, accuracy: float, **extra) -> dict:
+        now = time.time()
+        if self.images:
+            current = self.images / max(now - self.mark, 1e-9)
+            self.rate = current if self.rate is None else 0.7 * self.rate + 0.3 * current
+        self.mark, self.images = now, 0
+        remaining_steps = (self.epochs - epoch) * self.steps + (self.steps - step)
+        per_step = self.batch_images / self.rate if self.rate else None
+        record = {"fold": self.fold, "epoch": epoch, "step": step, "loss": round(loss, 6),
+                  "accuracy": round(accuracy, 6), "images_per_s": round(self.rate or 0.0, 2),
+                  "eta_s": round(remaining_steps * per_step, 1) if per_step else None,
+                  "time": round(now, 3), "epochs": self.epochs, "steps_per_epoch": self.steps, **extra}
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        return record
+
+
+def train_one_epoch(state: FoldState, loader: DataLoader, device: torch.device, log: ProgressLog,
+                    epoch: int, finetune: str, bar, world_size: int = 1) -> tuple[float, float]:
+    """One pass over the epoch's balanced sample; returns mean loss and accuracy (this process's share)."""
+    state.net.train()
+    if finetune == "head":
+        state.model.body.eval()  # frozen body: keep its batch-norm statistics as they are
+    dtype, channels_last = amp_dtype(device), device.type == "cuda"
+    loss_fn = nn.CrossEntropyLoss()
+    total_loss, correct, seen = 0.0, 0, 0
+    log_every = max(1, min(50, log.steps // 10))
+    for step, (x, y) in enumerate(loader, start=1):
+        x = x.to(device, non_blocking=True, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        y = y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = state.net(x)
+            loss = loss_fn(logits.float(), y)
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.scheduler.step()
+        total_loss += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        log.count(len(y) * world_size)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        if step % log_every == 0 or step == log.steps:
+            log.write(epoch + 1, step, total_loss / seen, correct / seen)
+    return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+@torch.no_grad()
+def predict_probabilities(model: CellNet, loader: DataLoader, device: torch.device) -> np.ndarray:
+    """Softmax probabilities (n, C) in the loader's order, float64."""
+    model.eval()
+    dtype = amp_dtype(device)
+    out = []
+    for x, _ in loader:
+        x = x.to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x)
+        out.append(torch.softmax(logits.float(), dim=1).double().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, len(model.head.weight)))
+
+
+def oof_frame(df: pd.DataFrame, probs: np.ndarray, classes: list[str], fold: int) -> pd.DataFrame:
+    """oof.csv rows: path,true,pred,fold,prob_<ABBR>... (docs/formats.md)."""
+    out = pd.DataFrame({"path": df["path"].to_numpy(), "true": df["label"].to_numpy(),
+                        "pred": [classes[i] for i in probs.argmax(1)], "fold": fold})
+    for j, c in enumerate(classes):
+        out[f"prob_{c}"] = probs[:, j]
+    return out
+
+
+def fold_summary(oof: pd.DataFrame, history: list[dict]) -> dict:
+    """meta.json metrics: held-out accuracy and mean per-class recall, and the last epoch's training figures."""
+    hit = oof["true"] == oof["pred"]
+    recalls = hit.groupby(oof["true"]).mean()
+    last = history[-1] if history else {}
+    return {"accuracy": round(float(hit.mean()), 6), "balanced_accuracy": round(float(recalls.mean()), 6),
+            "n_val": int(len(oof)), "train_loss": last.get("loss"), "train_accuracy": last.get("accuracy"),
+            "n_train_per_epoch": last.get("images")}
+
+
+def train_fold(cfg: TrainConfig, run_dir: Path, root: Path, manifest: pd.DataFrame, fold: int,
+               device: torch.device, workers: int = 0, dist: Dist | None = None,
+               stop_after_epoch: int | None = None) -> CellNet | None:
+    """Train fold `fold` (resuming from its last.pt when present), then write its oof.csv, model.pt and meta.json.
+    Returns the trained model, or None when stopped early by `stop_after_epoch` (a test hook: the effect of a
+    kill right after that epoch's checkpoint)."""
+    dist = dist or Dist()
+    fold_dir = run_dir / f"fold{fold}"
+    if dist.main:
+        fold_dir.mkdir(parents=True, exist_ok=True)
+    train_df = manifest[manifest["fold"] != fold]
+    val_df = manifest[manifest["fold"] == fold]
+    dataset = CellImages(root, train_df["path"], train_df["label"],
+                         train_transform(cfg.image_size, cfg.mean, cfg.std, cfg.stain_strength), cfg.classes)
+    balanced = BalancedSampler(dataset.targets, cfg.per_class, seed=derive_seed(cfg.seed, fold, _SAMPLER),
+                               num_replicas=dist.world_size, rank=dist.rank)
+    sampler = SeededSampler(balanced, cfg.seed, fold)
+    loader = make_loader(dataset, sampler, cfg.batch_size, device, workers)
+    state = build_fold_state(cfg, fold, len(loader), device, dist)
+    last_pt = fold_dir / "last.pt"
+    if last_pt.is_file():
+        load_training_state(state, last_pt)
+    log = ProgressLog(fold_dir / "progress.jsonl" if dist.main else None, fold, cfg.epochs, len(loader),
+                      cfg.batch_size * dist.world_size)
+    bar = _progress_bar(fold, cfg.epochs, len(loader), state.epoch) if dist.main else None
+    try:
+        while state.epoch < cfg.epochs:
+            torch.manual_seed(derive_seed(cfg.seed, fold, state.epoch, _INIT))  # dropout etc.
+            sampler.set_epoch(state.epoch)
+            loss, acc = train_one_epoch(state, loader, device, log, state.epoch, cfg.finetune, bar, dist.world_size)
+            state.epoch += 1
+            state.history.append({"epoch": state.epoch, "loss": loss, "accuracy": acc,
+                                  "images": len(sampler) * dist.world_size})
+            if dist.main:
+                save_training_state(state, last_pt)
+            if stop_after_epoch is not None and state.epoch >= stop_after_epoch and state.epoch < cfg.epochs:
+                return None
+    finally:
+        if bar is not None:
+            bar.close()
+    if dist.main:
+        finish_fold(cfg, state, fold_dir, root, val_df, fold, device, workers, log)
+    _barrier(dist)
+    return state.model
+
+
+def finish_fold(cfg: TrainConfig, state: FoldState, fold_dir: Path, root: Path, val_df: pd.DataFrame, fold: int,
+                device: torch.device, workers: int, log: ProgressLog) -> None:
+    """Predict the held-out fold, then oof.csv -> model.pt + meta.json (complete) -> remove last.pt, in that
+    order, so a kill at any point leaves either a resumable or a complete fold."""
+    val = CellImages(root, val_df["path"], val_df["label"], eval_transform(cfg.image_size, cfg.mean, cfg.std),
+                     cfg.classes)
+    probs = predict_probabilities(state.model, make_loader(val, None, cfg.batch_size * 2, device, workers), device)
+    oof = oof_frame(val_df, probs, cfg.classes, fold)
+    atomic_write_text(fold_dir / "oof.csv", oof.to_csv(index=False))
+    summary = fold_summary(oof, state.history)
+    meta = ModelMeta(model=cfg.model, classes=list(cfg.classes), image_size=cfg.image_size, mean=list(cfg.mean),
+                     std=list(cfg.std), fold=fold, seed=cfg.seed, epoch=state.epoch, epochs=cfg.epochs,
+                     complete=True, metrics=summary)
+    save_checkpoint(state.model, meta, fold_dir / "model.pt")
+    (fold_dir / "last.pt").unlink(missing_ok=True)
+    last = state.history[-1] if state.history else {"loss": float("nan"), "accuracy": float("nan")}
+    log.write(cfg.epochs, log.steps, last["loss"], last["accuracy"], phase="done", val_accuracy=summary["accuracy"])
+
+
+def _progress_bar(fold: int, epochs: int, steps: int, done_epochs: int):
+    from tqdm import tqdm
+
+    # disable=None: a bar on a terminal, nothing when the app runs us with output to a log file.
+    return tqdm(total=epochs * steps, initial=done_epochs * steps, desc=f"fold {fold}", unit="batch",
+                disable=None, dynamic_ncols=True, leave=True)
+
+
+# --- the whole run -----------------------------------------------------------------------------------------
+
+def fold_complete(run_dir: Path, fold: int) -> bool:
+    d = run_dir / f"fold{fold}"
+    try:
+        return bool(read_json(d / "meta.json").get("complete")) and (d / "model.pt").is_file() \
+            and (d / "oof.csv").is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def prepare_run(cfg: TrainConfig, run_dir: Path, manifest: pd.DataFrame, resume: bool) -> None:
+    """Write config.json and manifest.csv for a new run; refuse to overwrite one unless resuming."""
+    if (run_dir / "config.json").is_file() and not resume:
+        raise UserError(f"{run_dir} already holds a run; add --resume to continue it or choose another --out.")
+    from bmteach.data import write_manifest
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_manifest(manifest, run_dir / "manifest.csv")
+    atomic_write_json(run_dir / "config.json", asdict(cfg))  # last: config.json marks a prepared run
+
+
+def write_run_oof(run_dir: Path, manifest: pd.DataFrame, num_folds: int) -> pd.DataFrame:
+    """RUN/oof.csv: every fold's predictions in manifest order; checks each image is predicted exactly once."""
+    parts = [pd.read_csv(run_dir / f"fold{k}" / "oof.csv", keep_default_na=False) for k in range(num_folds)]
+    oof = pd.concat(parts, ignore_index=True)
+    if oof["path"].duplicated().any() or set(oof["path"]) != set(manifest["path"]):
+        raise UserError(f"The fold predictions in {run_dir} do not cover the manifest exactly once; "
+                        "retrain the folds that changed.")
+    order = {p: i for i, p in enumerate(manifest["path"])}
+    oof = oof.sort_values("path", key=lambda s: s.map(order)).reset_index(drop=True)
+    atomic_write_text(run_dir / "oof.csv", oof.to_csv(index=False))
+    return oof
+
+
+def evaluate_if_available(run_dir: Path) -> int:
+    """Run bmteach.evaluate (metrics.json, table, confusion matrix) when that module exists."""
+    try:
+        from bmteach.evaluate import evaluate_run
+    except ImportError:
+        print("note: bmteach.evaluate is not available; metrics.json was not written.", file=sys.stderr)
+        return 0
+    try:
+        evaluate_run(run_dir)
+    except Exception as exc:  # training is done and saved; say how to retry the evaluation alone
+        print(f"error: training finished but evaluation failed ({exc}); run `python -m bmteach evaluate "
+              f"{run_dir}`.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_training(cfg: TrainConfig, run_dir: Path, manifest: pd.DataFrame, root: Path, device: torch.device,
+                 workers: int | None = None, resume: bool = False, dist: Dist | None = None,
+                 stop_after_epoch: int | None = None, finalize: bool = True) -> int:
+    """Train cfg.folds in turn into run_dir (the caller holds its lock), then, when every fold of the split is
+    done and `finalize`, join the predictions into RUN/oof.csv and evaluate. Returns a process exit status."""
+    dist = dist or Dist()
+    workers = default_workers(device) if workers is None else workers
+    check_folds(cfg.folds, manifest, cfg.num_folds)
+    for fold in cfg.folds:
+        if fold_complete(run_dir, fold):
+            if dist.main:
+                print(f"fold {fold}: already complete", file=sys.stderr)
+            continue
+        if not resume and (run_dir / f"fold{fold}" / "last.pt").is_file():
+            raise UserError(f"Fold {fold} of {run_dir} was interrupted; add --resume to continue it.")
+        model = train_fold(cfg, run_dir, root, manifest, fold, device, workers, dist, stop_after_epoch)
+        if model is None:
+            return 0
+    if finalize and dist.main and all(fold_complete(run_dir, k) for k in range(cfg.num_folds)):
+        write_run_oof(run_dir, manifest, cfg.num_folds)
+        return evaluate_if_available(run_dir)
+    return 0
+
+
+# --- distributed and parallel folds ------------------------------------------------------------------------
+
+def dist_from_env() -> Dist:
+    """torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; without them this is a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_distributed(dist: Dist, device: torch.device) -> torch.device:
+    """Join the process group (nccl on CUDA, gloo on CPU); each process gets its own GPU."""
+    import torch.distributed as td
+
+    if device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    if not td.is_initialized():
+        td.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def _barrier(dist: Dist) -> None:
+    if dist.world_size > 1:
+        import torch.distributed as td
+
+        if td.is_initialized():
+            td.barrier()
+
+
+def plan_parallel_folds(folds: list[int], n_gpus: int) -> list[list[int]]:
+    """Folds dealt round-robin onto GPUs: [[0, 2, 4], [1, 3]] for 5 folds on 2 GPUs."""
+    return [folds[g::n_gpus] for g in range(min(n_gpus, len(folds)))]
+
+
+def run_parallel_folds(argv: list[str], folds: list[int]) -> int:
+    """One `train` subprocess per GPU (CUDA_VISIBLE_DEVICES), each running its share of the folds; this process
+    holds the run lock and joins and evaluates the predictions at the end."""
+    n_gpus = torch.cuda.device_count()
+    if n_gpus < 2:
+        raise UserError(f"--parallel-folds needs at least 2 GPUs; {n_gpus} found. Train without it.")
+    procs = []
+    for gpu, share in enumerate(plan_parallel_folds(folds, n_gpus)):
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu), **{PARENT_LOCK_ENV: str(os.getpid())})
+        # The parent prepared the run and holds its lock: the children resume it and leave the evaluation to it.
+        cmd = [sys.executable, "-m", "bmteach", "train", *argv, "--folds", ",".join(map(str, share)), "--resume"]
+        procs.append(subprocess.Popen(cmd, env=env))
+    try:
+        return max(p.wait() for p in procs)
+    except BaseException:
+        for p in procs:
+            p.terminate()
+        raise
+
+
+# --- command line ------------------------------------------------------------------------------------------
+
+def parse_folds(text: str | None, num_folds: int) -> list[int]:
+    if text is None or text == "all":
+        return list(range(num_folds))
+    try:
+        folds = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"--folds takes comma-separated fold numbers such as 0,1,2,3,4, not {text!r}.") from None
+    if not folds:
+        raise UserError("--folds names no fold.")
+    return sorted(set(folds))
+
+
+def config_from_args(args, root: Path) -> TrainConfig:
+    if args.model not in MODEL_NAMES:
+        raise UserError(f"Unknown model {args.model!r}: choose one of {', '.join(MODEL_NAMES)}.")
+    if args.epochs < 1:
+        raise UserError("--epochs must be at least 1.")
+    if args.per_class is not None and args.per_class < 1:
+        raise UserError("--per-class must be at least 1.")
+    return TrainConfig(
+        model=args.model, data_root=str(root), image_size=args.image_size or DEFAULT_IMAGE_SIZE[args.model],
+        num_folds=args.num_folds, folds=parse_folds(args.folds, args.num_folds), epochs=args.epochs,
+        per_class=args.per_class, batch_size=args.batch_size or DEFAULT_BATCH[args.model],
+        lr=args.lr or DEFAULT_LR[args.model], seed=args.seed, finetune=args.finetune, pretrained=args.pretrained,
+        manifest_source=str(Path(args.manifest).resolve()) if args.manifest else "index")
+
+
+def read_run_manifest(run_dir: Path) -> pd.DataFrame:
+    from bmteach.data import read_manifest
+
+    return read_manifest(run_dir / "manifest.csv")
+
+
+def resumed_config(run_dir: Path, args) -> TrainConfig:
+    """On --resume the saved config decides the result; only --folds may pick other folds of the same split."""
+    cfg = TrainConfig.from_dict(open_run(run_dir).config)
+    if args.folds is not None:
+        cfg.folds = parse_folds(args.folds, cfg.num_folds)
+    return cfg
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def cli_train(args) -> int:
+    """python -m bmteach train ... (see the module docstring)."""
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # `stop` from the app: clean up, keep last.pt
+    dist = dist_from_env()
+    device = pick_device(args.device)
+    if dist.world_size > 1:
+        device = init_distributed(dist, device)
+    run_dir = Path(args.out).expanduser().resolve()
+    resume = args.resume and (run_dir / "config.json").is_file()
+    if args.parallel_folds:
+        if dist.world_size > 1:
+            raise UserError("--parallel-folds and torchrun do not mix: use one or the other.")
+        if device.type != "cuda":
+            raise UserError("--parallel-folds needs CUDA GPUs; none is available.")
+    lock = RunLock(run_dir) if dist.main else None
+    try:
+        if lock is not None:
+            lock.acquire()
+        if dist.main:
+            root = resolve_data_root(args.data)
+            if resume:
+                cfg = resumed_config(run_dir, args)
+                manifest = read_run_manifest(run_dir)
+            else:
+                cfg = config_from_args(args, root)
+                manifest = build_or_read_manifest(root, args.manifest, cfg.num_folds, cfg.seed)
+                check_folds(cfg.folds, manifest, cfg.num_folds)
+                prepare_run(cfg, run_dir, manifest, resume=False)
+        _barrier(dist)
+        if not dist.main:  # the other ranks read what rank 0 prepared
+            root = resolve_data_root(args.data) if args.data != "default" else Path(open_run(run_dir).config["data_root"])
+            cfg = resumed_config(run_dir, args)
+            manifest = read_run_manifest(run_dir)
+        if cfg.finetune == "head" and not cfg.pretrained and dist.main:
+            print("note: --finetune head without --pretrained trains a classifier on random features.", file=sys.stderr)
+        if args.parallel_folds:
+            status = run_parallel_folds(_passthrough_args(args, run_dir), cfg.folds)
+            if status == 0 and all(fold_complete(run_dir, k) for k in range(cfg.num_folds)):
+                write_run_oof(run_dir, manifest, cfg.num_folds)
+                status = evaluate_if_available(run_dir)
+            return status
+        # A new run has no interrupted folds, so resume=True only matters for an existing run with --resume.
+        child = bool(os.environ.get(PARENT_LOCK_ENV))
+        return run_training(cfg, run_dir, manifest, root, device, args.workers, resume=True, dist=dist,
+                            finalize=not child)
+    finally:
+        if lock is not None:
+            lock.release()
+        if dist.world_size > 1:
+            import torch.distributed as td
+
+            if td.is_initialized():
+                td.destroy_process_group()
+
+
+def _passthrough_args(args, run_dir: Path) -> list[str]:
+    """The arguments a --parallel-folds child needs (it resumes the run this process prepared)."""
+    out = ["--data", args.data, "--model", args.model, "--epochs", str(args.epochs), "--out", str(run_dir),
+           "--device", "cuda"]
+    if args.workers is not None:
+        out += ["--workers", str(args.workers)]
+    return out
