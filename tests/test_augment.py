@@ -1,0 +1,193 @@
+"""Augmentation: the paper's geometry, stain augmentation and class balancing, with known answers."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bmteach.augment import (STAIN_MATRIX, BalancedSampler, StainAugment, apply_seeded, balanced_indices,
+                             derive_seed, geometric_augment, perturb_stains, rgb_to_stains, stains_to_rgb,
+                             train_transform)
+
+MEAN, STD = (0.563, 0.496, 0.735), (0.242, 0.283, 0.177)
+
+
+def random_pil(size=48, seed=0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def pure_stain_rgb(h: float, e: float) -> torch.Tensor:
+    """A 1x1 image made of the given haematoxylin and eosin amounts (Beer-Lambert, our OD convention)."""
+    stains = torch.tensor([h, e, 0.0], dtype=torch.float64).view(3, 1, 1)
+    return stains_to_rgb(stains)
+
+
+# --- training transform --------------------------------------------------------------------------------------
+
+def test_train_transform_shape_dtype_and_seeding():
+    t = train_transform(32, MEAN, STD)
+    img = random_pil(60)
+    torch.manual_seed(5)
+    a = t(img)
+    torch.manual_seed(5)
+    b = t(img)
+    torch.manual_seed(6)
+    c = t(img)
+    assert a.shape == (3, 32, 32) and a.dtype == torch.float32
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_apply_seeded_is_reproducible_and_leaves_global_rng_alone():
+    t = train_transform(32, MEAN, STD)
+    img = random_pil()
+    torch.manual_seed(0)
+    expected_next = torch.rand(3)
+    torch.manual_seed(0)
+    first = apply_seeded(t, img, seed=11)
+    assert torch.equal(torch.rand(3), expected_next)
+    assert torch.equal(first, apply_seeded(t, img, seed=11))
+
+
+def test_half_turn_plus_flips_puts_a_pixel_on_one_of_four_mirror_positions():
+    # rotation fixed at 180 deg, no shift/shear: a pixel at (r, c) must end at a mirror image of (r, c).
+    size, r, c = 17, 3, 5
+    x = torch.zeros(3, size, size)
+    x[:, r, c] = 1.0
+    aug = geometric_augment((0.0, 0.0, 0.0), rotation=(180.0, 180.0), shift=0.0, shear=0.0)
+    allowed = {(r, c), (size - 1 - r, c), (r, size - 1 - c), (size - 1 - r, size - 1 - c)}
+    seen = set()
+    for seed in range(40):
+        torch.manual_seed(seed)
+        y = aug(x)
+        pos = divmod(int(y[0].argmax()), size)
+        assert pos in allowed and y[0].max() > 0.99
+        seen.add(pos)
+    assert len(seen) == 4  # both flips really happen
+
+
+def test_uncovered_corners_get_the_mean_colour():
+    x = torch.zeros(3, 32, 32)
+    aug = geometric_augment(MEAN, rotation=(45.0, 45.0), shift=0.0, shear=0.0)
+    y = aug(x)
+    assert torch.allclose(y[:, 0, 0], torch.tensor(MEAN), atol=1e-6)
+
+
+def test_shift_stays_within_a_quarter_of_the_image():
+    size = 40
+    x = torch.zeros(1, size, size)
+    x[:, 18:22, 18:22] = 1.0   # a blob at the centre: rotation, flips and shear keep it there
+    aug = geometric_augment((0.0,))
+    largest = 0.0
+    for seed in range(60):
+        torch.manual_seed(seed)
+        y = aug(x)[0]
+        ys, xs = torch.nonzero(y > 0.5, as_tuple=True)
+        dy, dx = ys.float().mean() - 19.5, xs.float().mean() - 19.5
+        assert abs(dy) <= 0.25 * size + 1.5 and abs(dx) <= 0.25 * size + 1.5
+        largest = max(largest, abs(dy), abs(dx))
+    assert largest > 0.15 * size  # and it does shift
+
+
+# --- stain augmentation --------------------------------------------------------------------------------------
+
+def test_stain_round_trip_is_exact():
+    x = torch.rand(2, 3, 9, 9, dtype=torch.float64)
+    x[0, :, 0, 0] = 0.0
+    x[0, :, 0, 1] = 1.0
+    assert torch.allclose(stains_to_rgb(rgb_to_stains(x)), x, atol=1e-12)
+
+
+def test_pure_stain_pixels_decompose_into_their_stains():
+    rgb = pure_stain_rgb(0.6, 0.25)
+    assert torch.allclose(rgb_to_stains(rgb).flatten(), torch.tensor([0.6, 0.25, 0.0], dtype=torch.float64),
+                          atol=1e-9)
+    # haematoxylin absorbs red most: a purple-blue pixel; eosin absorbs green most: a pink pixel.
+    h_only, e_only = pure_stain_rgb(1.0, 0.0).flatten(), pure_stain_rgb(0.0, 1.0).flatten()
+    assert h_only[2] > h_only[0] and e_only[0] > e_only[1] and e_only[2] > e_only[1]
+    assert STAIN_MATRIX.shape == (3, 3)
+
+
+def test_scaling_haematoxylin_leaves_an_eosin_only_pixel_unchanged():
+    e_only = pure_stain_rgb(0.0, 0.4).float()
+    h_only = pure_stain_rgb(0.3, 0.0).float()
+    assert torch.allclose(perturb_stains(e_only, (2.0, 1.0), (0.0, 0.0)), e_only, atol=1e-6)
+    doubled = perturb_stains(h_only, (2.0, 1.0), (0.0, 0.0))
+    assert torch.allclose(doubled, pure_stain_rgb(0.6, 0.0).float(), atol=1e-6)
+
+
+def test_zero_strength_is_identity_for_float_and_uint8():
+    x = torch.rand(3, 16, 16)
+    u = (torch.rand(3, 16, 16) * 255).to(torch.uint8)
+    u[:, 0, 0], u[:, 0, 1] = 0, 255
+    aug = StainAugment(0.0)
+    assert torch.allclose(aug(x), x, atol=1e-6)
+    assert torch.equal(aug(u), u)
+
+
+def test_strong_stain_augmentation_keeps_range_and_changes_the_image():
+    x = torch.rand(3, 16, 16)
+    x[:, 0, 0], x[:, 0, 1] = 0.0, 1.0
+    torch.manual_seed(0)
+    y = StainAugment(1.0)(x)
+    assert y.dtype == x.dtype and y.min() >= 0.0 and y.max() <= 1.0
+    assert (y - x).abs().max() > 0.05
+    u = (x * 255).to(torch.uint8)
+    v = StainAugment(1.0)(u)
+    assert v.dtype == torch.uint8 and v.shape == u.shape
+
+
+def test_negative_strength_is_refused():
+    with pytest.raises(ValueError):
+        StainAugment(-0.1)
+
+
+# --- class balancing -----------------------------------------------------------------------------------------
+
+def test_balanced_epoch_draws_each_class_to_the_target():
+    labels = [0] * 3 + [1] * 10 + [2] * 7
+    idx = balanced_indices(labels, per_class=8, seed=1)
+    lab = np.asarray(labels)[idx]
+    assert [int((lab == c).sum()) for c in range(3)] == [8, 8, 8]
+    # the small class is repeated whole (8 = 2 x 3 + 2): each image 2 or 3 times
+    small = np.bincount(idx[lab == 0], minlength=3)
+    assert sorted(small.tolist()) == [2, 3, 3]
+    # the big class is subsampled without replacement
+    assert np.bincount(idx[lab == 1]).max() == 1
+
+
+def test_without_per_class_every_image_once():
+    idx = balanced_indices([0, 0, 1, 2, 2, 2], None, seed=3)
+    assert sorted(idx.tolist()) == list(range(6))
+
+
+def test_sampler_is_seeded_per_epoch():
+    labels = [0] * 20 + [1] * 5
+    s = BalancedSampler(labels, per_class=10, seed=4)
+    e0 = list(s)
+    assert list(BalancedSampler(labels, per_class=10, seed=4)) == e0
+    s.set_epoch(1)
+    assert list(s) != e0
+    assert len(s) == 20
+
+
+def test_sampler_shards_like_distributed_sampler():
+    labels = [0] * 7 + [1] * 4
+    full = BalancedSampler(labels, per_class=5, seed=0)        # 10 samples per epoch
+    r0 = BalancedSampler(labels, per_class=5, seed=0, num_replicas=3, rank=0)
+    r1 = BalancedSampler(labels, per_class=5, seed=0, num_replicas=3, rank=1)
+    r2 = BalancedSampler(labels, per_class=5, seed=0, num_replicas=3, rank=2)
+    assert len(r0) == len(r1) == len(r2) == 4                  # ceil(10 / 3), padded to 12
+    padded = r0.epoch_indices()
+    assert len(padded) == 12 and padded[:10].tolist() == list(full)
+    interleaved = [x for trio in zip(r0, r1, r2) for x in trio]
+    assert interleaved == padded.tolist()
+
+
+def test_derive_seed_separates_streams():
+    assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2)
+    assert len({derive_seed(0, f, e) for f in range(5) for e in range(13)}) == 65
+    assert 0 <= derive_seed(123456789, 4) < 2**31
