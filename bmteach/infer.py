@@ -24,6 +24,7 @@ from PIL import Image
 
 from bmteach.augment import eval_transform
 from bmteach.classes import class_name
+from bmteach.data import load_image, read_manifest
 from bmteach.errors import CheckpointError, UserError
 from bmteach.models import CellNet, ModelMeta, load_checkpoint, pick_device
 
@@ -55,14 +56,6 @@ def _normalise_relpath(relpath: str | Path) -> str:
     return str(PurePosixPath(str(relpath).replace("\\", "/")))
 
 
-def _read_manifest(path: Path) -> pd.DataFrame:
-    try:
-        from bmteach.data import read_manifest
-    except ImportError:  # bmteach.data lands in parallel; the CSV format is fixed (docs/formats.md)
-        return pd.read_csv(path, dtype={"path": str, "label": str})
-    return read_manifest(path)
-
-
 def _check_same_preprocessing(metas: list[ModelMeta], run_dir: Path) -> None:
     """Averaging fold models only makes sense when they share classes and preprocessing."""
     first = metas[0]
@@ -87,7 +80,7 @@ class Predictor:
         self._fold_by_path = fold_by_path or {}
         self._transform = eval_transform(meta.image_size, meta.mean, meta.std)
         self._oof_lock = threading.Lock()
-        self._oof: tuple[float, dict[str, OofPrediction]] | None = None  # (mtime of oof.csv, rows by path)
+        self._oof: tuple[tuple, dict[str, OofPrediction]] | None = None  # (files and mtimes, rows by path)
 
     # --- construction ------------------------------------------------------------------------------------
 
@@ -109,7 +102,7 @@ class Predictor:
         fold_by_path = {}
         manifest = run_dir / "manifest.csv"
         if manifest.is_file():
-            df = _read_manifest(manifest)
+            df = read_manifest(manifest)
             fold_by_path = {_normalise_relpath(p): int(f) for p, f in zip(df["path"], df["fold"])}
         return cls(models, metas[0], dev, fold_by_path, run_dir)
 
@@ -179,19 +172,28 @@ class Predictor:
     # --- out-of-fold predictions already in the run ----------------------------------------------------------
 
     def oof(self, relpath: str | Path) -> OofPrediction | None:
-        """The run's own out-of-fold prediction for a data-set image (run/oof.csv); None when absent."""
+        """The run's own out-of-fold prediction for a data-set image, read from its oof.csv files (no
+        recomputation); None when the run has none for it."""
         if self.run_dir is None:
             return None
         return self._oof_rows().get(_normalise_relpath(relpath))
 
+    def _oof_files(self) -> list[Path]:
+        """run/oof.csv once evaluate wrote it; before that, the finished folds' own fold<k>/oof.csv."""
+        whole = self.run_dir / "oof.csv"
+        if whole.is_file():
+            return [whole]
+        return [d / "oof.csv" for _, d in _fold_dirs(self.run_dir) if (d / "oof.csv").is_file()]
+
     def _oof_rows(self) -> dict[str, OofPrediction]:
-        path = self.run_dir / "oof.csv"
-        if not path.is_file():
-            return {}
-        mtime = path.stat().st_mtime
-        with self._oof_lock:  # re-read only when evaluate rewrote the file
-            if self._oof is None or self._oof[0] != mtime:
-                self._oof = (mtime, read_oof(path))
+        files = self._oof_files()
+        key = tuple((str(f), f.stat().st_mtime_ns) for f in files)
+        with self._oof_lock:  # re-read only when training or evaluate rewrote a file
+            if self._oof is None or self._oof[0] != key:
+                rows: dict[str, OofPrediction] = {}
+                for f in files:
+                    rows.update(read_oof(f))
+                self._oof = (key, rows)
             return self._oof[1]
 
 
@@ -209,26 +211,6 @@ def read_oof(path: str | Path) -> dict[str, OofPrediction]:
 
 
 # --- command line: python -m bmteach predict -------------------------------------------------------------------
-
-def _load_image(path: str) -> Image.Image:
-    try:
-        from bmteach.data import load_image
-    except ImportError:  # bmteach.data lands in parallel; until then a minimal, strict PIL read
-        return _load_image_minimal(path)
-    return load_image(path)
-
-
-def _load_image_minimal(path: str) -> Image.Image:
-    from bmteach.errors import BadImageError
-    try:
-        with Image.open(path) as im:
-            im.load()  # truncated files fail here
-            return im.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise BadImageError(f"{Path(path).name} is not a readable image ({exc}).") from None
-
 
 def _describe_error(exc: Exception) -> str:
     """One sentence for the person: our own errors already are; others get their cause named."""
@@ -263,7 +245,7 @@ def _predict_chunk(predictor: Predictor, paths: list[str], as_json: bool) -> int
     errors: dict[int, str] = {}
     for i, path in enumerate(paths):
         try:
-            loaded[i] = _load_image(path)
+            loaded[i] = load_image(path)
         except Exception as exc:  # one bad file never stops the others
             errors[i] = _describe_error(exc)
     probs = predictor.predict_proba([loaded[i] for i in sorted(loaded)])
