@@ -171,6 +171,12 @@ def check_folds(folds: list[int], manifest: pd.DataFrame, num_folds: int) -> Non
         raise UserError("Cross-validation needs at least two folds with images.")
 
 
+def split_fold(manifest: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training images, held-out images) of one fold: train on every other fold, predict this one."""
+    held_out = manifest["fold"].astype(int) == fold
+    return manifest[~held_out], manifest[held_out]
+
+
 def make_loader(dataset: Dataset, sampler: Sampler | None, batch_size: int, device: torch.device,
                 workers: int) -> DataLoader:
     on_gpu = device.type == "cuda"
@@ -363,8 +369,7 @@ def train_fold(cfg: TrainConfig, run_dir: Path, root: Path, manifest: pd.DataFra
     fold_dir = run_dir / f"fold{fold}"
     if dist.main:
         fold_dir.mkdir(parents=True, exist_ok=True)
-    train_df = manifest[manifest["fold"] != fold]
-    val_df = manifest[manifest["fold"] == fold]
+    train_df, val_df = split_fold(manifest, fold)
     dataset = CellImages(root, train_df["path"], train_df["label"],
                          train_transform(cfg.image_size, cfg.mean, cfg.std, cfg.stain_strength), cfg.classes)
     balanced = BalancedSampler(dataset.targets, cfg.per_class, seed=derive_seed(cfg.seed, fold, _SAMPLER),

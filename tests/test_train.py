@@ -1,0 +1,256 @@
+"""Cross-validation training on a tiny data set: overfitting, folds, out-of-fold coverage, resume, lock, runs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from bmteach.__main__ import main
+from bmteach.data import read_manifest
+from bmteach.errors import UserError
+from bmteach.models import load_checkpoint
+from bmteach.runs import LOCK_NAME, RunLock, lock_owner, open_run, read_progress
+from bmteach.train import (TrainConfig, build_or_read_manifest, plan_parallel_folds, run_training, split_fold)
+
+REPO = Path(__file__).resolve().parent.parent
+COLOURS = {"BLA": (200, 40, 40), "LYT": (40, 200, 40), "EBO": (40, 40, 200), "NGS": (210, 210, 40)}
+# Tiny and fast: 32 px, 4 colour-coded classes, batch 8, one CPU thread.
+TINY = ["--model", "sequential", "--image-size", "32", "--batch-size", "8", "--lr", "0.003"]
+
+
+def make_tiny_dataset(root: Path, per_class: int = 10, size: int = 32, seed: int = 0) -> Path:
+    """Cells in the real layout (<ABBR>/<ABBR>_00001.jpg): one flat colour per class plus noise."""
+    rng = np.random.default_rng(seed)
+    for abbr, colour in COLOURS.items():
+        folder = root / abbr
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{abbr}_{i + 1:05d}.jpg", quality=95)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny") / "data")
+
+
+def train_cli(data: Path, out: Path, *extra: str) -> int:
+    return main(["train", "--data", str(data), "--out", str(out), *TINY, *extra])
+
+
+def state_dicts_equal(a: Path, b: Path) -> bool:
+    sa = torch.load(a, map_location="cpu", weights_only=True)
+    sb = torch.load(b, map_location="cpu", weights_only=True)
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def tiny_config(data: Path, **changes) -> TrainConfig:
+    cfg = TrainConfig(model="sequential", data_root=str(data), image_size=32, num_folds=2, folds=[0, 1], epochs=3,
+                      per_class=6, batch_size=8, lr=3e-3)
+    for k, v in changes.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def prepared_run(data: Path, out: Path, cfg: TrainConfig) -> pd.DataFrame:
+    from bmteach.train import prepare_run
+
+    manifest = build_or_read_manifest(data, None, cfg.num_folds, cfg.seed)
+    prepare_run(cfg, out, manifest, resume=False)
+    return manifest
+
+
+# --- learning ------------------------------------------------------------------------------------------------
+
+def test_tiny_model_overfits_a_tiny_set(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    assert train_cli(tiny_data, out, "--num-folds", "2", "--folds", "0", "--epochs", "8", "--per-class", "16") == 0
+    meta = json.loads((out / "fold0" / "meta.json").read_text())
+    epochs = [r for r in read_progress(out).to_dict("records") if r.get("step") == r.get("steps_per_epoch")
+              and r.get("phase") != "done"]
+    assert [r["epoch"] for r in epochs] == list(range(1, 9))
+    assert epochs[-1]["loss"] < 0.5 * epochs[0]["loss"]           # the loss falls
+    assert meta["metrics"]["train_accuracy"] >= 0.95               # and it learns its training images
+    assert meta["complete"] and meta["epoch"] == 8 and meta["fold"] == 0
+    assert not (out / "fold0" / "last.pt").exists()                 # removed once the fold is complete
+    model, loaded_meta = load_checkpoint(out / "fold0")             # weights_only=True, eval mode
+    assert loaded_meta.image_size == 32 and not model.training
+
+
+def test_folds_are_disjoint_and_complete(tiny_data):
+    manifest = build_or_read_manifest(tiny_data, None, num_folds=5, seed=0)
+    assert len(manifest) == 40
+    held_out = []
+    for k in range(5):
+        train_df, val_df = split_fold(manifest, k)
+        assert set(train_df["path"]).isdisjoint(val_df["path"])
+        assert len(train_df) + len(val_df) == 40
+        assert set(val_df["fold"]) == {k}
+        held_out += list(val_df["path"])
+    assert sorted(held_out) == sorted(manifest["path"])             # each image held out exactly once
+
+
+def test_every_image_is_predicted_exactly_once(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    assert train_cli(tiny_data, out, "--num-folds", "3", "--epochs", "1", "--per-class", "4") == 0
+    manifest = read_manifest(out / "manifest.csv")
+    oof = pd.read_csv(out / "oof.csv")
+    assert sorted(oof["path"]) == sorted(manifest["path"]) and not oof["path"].duplicated().any()
+    merged = oof.merge(manifest, on="path")
+    assert (merged["fold_x"] == merged["fold_y"]).all()             # predicted by the model that never saw it
+    assert (merged["true"] == merged["label"]).all()
+    probs = oof[[c for c in oof.columns if c.startswith("prob_")]]
+    assert probs.shape[1] == 21 and np.allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    assert (oof["pred"] == probs.idxmax(axis=1).str[5:]).all()
+    for k in range(3):                                              # the per-fold files agree
+        fold_oof = pd.read_csv(out / f"fold{k}" / "oof.csv")
+        assert set(fold_oof["path"]) == set(manifest.loc[manifest["fold"] == k, "path"])
+    assert (out / "metrics.json").is_file()                         # evaluated at the end
+    run = open_run(out)
+    assert run.is_complete() and [s.state for s in run.status()] == ["complete"] * 3
+    assert len(run.oof()) == 40
+
+
+# --- resume ------------------------------------------------------------------------------------------------
+
+def test_resume_after_a_stop_is_bit_identical(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data)
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    manifest = prepared_run(tiny_data, whole, cfg)
+    assert run_training(cfg, whole, manifest, tiny_data, torch.device("cpu"), workers=0) == 0
+    prepared_run(tiny_data, parts, cfg)
+    # stop right after epoch 1 of fold 0 (what a kill after that checkpoint leaves behind)
+    assert run_training(cfg, parts, manifest, tiny_data, torch.device("cpu"), workers=0, stop_after_epoch=1) == 0
+    assert (parts / "fold0" / "last.pt").is_file() and not (parts / "fold0" / "model.pt").exists()
+    blob = torch.load(parts / "fold0" / "last.pt", weights_only=True)
+    assert blob["epoch"] == 1 and set(blob) >= {"model", "optimizer", "scheduler", "rng"}
+    assert open_run(parts).fold_status(0).state == "stopped"
+    with pytest.raises(UserError, match="--resume"):               # not silently restarted
+        run_training(cfg, parts, manifest, tiny_data, torch.device("cpu"), workers=0)
+    assert train_cli(tiny_data, parts, "--resume") == 0
+    for k in (0, 1):
+        assert state_dicts_equal(whole / f"fold{k}" / "model.pt", parts / f"fold{k}" / "model.pt")
+        assert (whole / f"fold{k}" / "oof.csv").read_text() == (parts / f"fold{k}" / "oof.csv").read_text()
+    # and a different seed really gives a different model (the comparison can fail)
+    other = tmp_path / "other"
+    prepared_run(tiny_data, other, tiny_config(tiny_data, seed=1, folds=[0]))
+    run_training(tiny_config(tiny_data, seed=1, folds=[0]), other, manifest, tiny_data, torch.device("cpu"), 0)
+    assert not state_dicts_equal(whole / "fold0" / "model.pt", other / "fold0" / "model.pt")
+
+
+def test_killed_training_process_resumes_to_the_same_model(tiny_data, tmp_path):
+    args = ["--num-folds", "2", "--folds", "0", "--epochs", "6", "--per-class", "40"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert train_cli(tiny_data, whole, *args) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-c", "import torch,sys; torch.set_num_threads(1); from bmteach.__main__ import main; "
+           "sys.exit(main(sys.argv[1:]))", "train", "--data", str(tiny_data), "--out", str(killed), *TINY, *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not (killed / "fold0" / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "training finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert lock_owner(killed) is None and (killed / LOCK_NAME).exists()   # a stale lock of a dead process
+    assert not (killed / "fold0" / "model.pt").exists()
+    assert train_cli(tiny_data, killed, "--resume") == 0                   # takes the stale lock over
+    assert state_dicts_equal(whole / "fold0" / "model.pt", killed / "fold0" / "model.pt")
+    assert not (killed / LOCK_NAME).exists()
+
+
+# --- the lock, errors, status ------------------------------------------------------------------------------
+
+def test_lock_refuses_a_second_writer_and_takes_over_a_dead_ones(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        (out / LOCK_NAME).write_text(json.dumps({"pid": other.pid}))
+        assert lock_owner(out) == other.pid
+        with pytest.raises(UserError, match=f"PID {other.pid}"):
+            RunLock(out).acquire()
+        assert train_cli(tiny_data, out, "--epochs", "1") == 2
+        assert f"another training process (PID {other.pid})" in capsys.readouterr().err
+        assert not (out / "config.json").exists()                    # nothing written
+    finally:
+        other.kill()
+        other.wait()
+    assert lock_owner(out) is None
+    with RunLock(out) as lock:
+        assert lock.held and lock_owner(out) == os.getpid()
+    assert not (out / LOCK_NAME).exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--folds", "7"], "Unknown fold 7"),
+    (["--folds", "x"], "comma-separated"),
+    (["--epochs", "0"], "at least 1"),
+])
+def test_bad_arguments_are_one_clear_sentence(tiny_data, tmp_path, capsys, extra, message):
+    assert train_cli(tiny_data, tmp_path / "run", *extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_data_and_missing_gpu(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
+    assert "Data folder not found" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--device", "cuda"]) == 2
+        assert "no GPU" in capsys.readouterr().err
+
+
+def test_an_existing_run_is_not_overwritten(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    (out).mkdir()
+    (out / "config.json").write_text("{}")
+    assert train_cli(tiny_data, out, "--epochs", "1") == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_finetune_head_changes_only_the_head(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    assert train_cli(tiny_data, out, "--num-folds", "2", "--folds", "1", "--epochs", "2", "--per-class", "8",
+                     "--finetune", "head") == 0
+    from bmteach.augment import derive_seed
+    from bmteach.models import create_model
+
+    torch.manual_seed(derive_seed(0, 1, 0, 1))                        # the fold's initial weights
+    start = create_model("sequential", 21).state_dict()
+    trained = torch.load(out / "fold1" / "model.pt", weights_only=True)
+    body = [k for k in start if k.startswith("body.")]
+    assert body and all(torch.equal(start[k], trained[k]) for k in body)  # weights and BN statistics frozen
+    assert not torch.equal(start["head.weight"], trained["head.weight"])
+
+
+def test_progress_records_have_the_documented_fields(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    assert train_cli(tiny_data, out, "--num-folds", "2", "--folds", "0", "--epochs", "2", "--per-class", "8") == 0
+    df = read_progress(out)
+    for column in ("fold", "epoch", "step", "loss", "accuracy", "images_per_s", "eta_s", "time"):
+        assert column in df.columns
+    assert (df["fold"] == 0).all() and df["images_per_s"].iloc[-2] > 0
+    run = open_run(out)
+    states = [s.state for s in run.status()]
+    assert states == ["complete", "pending"] and run.status()[0].fraction == 1.0
+    config = json.loads((out / "config.json").read_text())
+    assert config["per_class"] == 8 and config["image_size"] == 32 and config["folds"] == [0]
+
+
+def test_parallel_fold_plan_deals_folds_round_robin():
+    assert plan_parallel_folds([0, 1, 2, 3, 4], 2) == [[0, 2, 4], [1, 3]]
+    assert plan_parallel_folds([0, 1], 4) == [[0], [1]]
