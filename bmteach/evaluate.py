@@ -55,8 +55,8 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     return rows[0], rows[1:]
 
 
-def join_fold_oof(run_dir: Path) -> tuple[str, list[str]]:
-    """The fold files' rows as one CSV text (cells copied verbatim) and warnings about mislabelled folds."""
+def join_fold_oof(run_dir: Path) -> tuple[list[str], list[list[str]], list[str]]:
+    """The fold files' header and rows joined (cells kept verbatim), and warnings about mislabelled folds."""
     header, out_rows, warnings = None, [], []
     for k, path in fold_oof_files(run_dir):
         head, rows = _read_csv_rows(path)
@@ -71,23 +71,39 @@ def join_fold_oof(run_dir: Path) -> tuple[str, list[str]]:
             if wrong:
                 warnings.append(f"{wrong} row(s) of fold{k}/oof.csv name another fold in their fold column.")
         out_rows += rows
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(out_rows)
-    return buf.getvalue(), warnings
+    return header, out_rows, warnings
+
+
+def _prediction_keys(header: list[str], rows: list[list[str]]) -> list[tuple]:
+    """The (path, true, pred, fold) of every row, sorted: what must agree between run/oof.csv and the folds."""
+    cols = [header.index(c) for c in ("path", "true", "pred", "fold") if c in header]
+    return sorted(tuple(r[i].strip() if i < len(r) else "" for i in cols) for r in rows)
+
+
+def _same_predictions(path: Path, header: list[str], rows: list[list[str]]) -> bool:
+    try:
+        old_header, old_rows = _read_csv_rows(path)
+    except UserError:                          # an empty or broken run/oof.csv is simply rebuilt
+        return False
+    return old_header == header and _prediction_keys(old_header, old_rows) == _prediction_keys(header, rows)
 
 
 def ensure_run_oof(run_dir: Path) -> tuple[Path, list[str]]:
-    """run/oof.csv, (re)built from the fold files when they exist and it is missing or differs from them."""
+    """run/oof.csv, (re)built from the fold files when it is missing or holds other predictions than they do.
+
+    An up-to-date run/oof.csv is kept as it is (training writes it in manifest order)."""
     path = run_dir / "oof.csv"
     if not fold_oof_files(run_dir):
         if path.is_file():
             return path, []
         raise UserError(f"{run_dir} has no out-of-fold predictions (no fold<k>/oof.csv); train it first.")
-    text, warnings = join_fold_oof(run_dir)
-    if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        atomic_write_text(path, text)
+    header, rows, warnings = join_fold_oof(run_dir)
+    if not path.is_file() or not _same_predictions(path, header, rows):
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        atomic_write_text(path, buf.getvalue())
     return path, warnings
 
 

@@ -102,6 +102,11 @@ def test_stale_run_oof_is_rebuilt_and_a_lone_run_oof_is_used(tmp_path):
     run = make_run(tmp_path)
     (run / "oof.csv").write_text(oof_text(ROWS[:2]))                     # stale: written before fold 1 ended
     assert evaluate_run(run)["n"] == 8
+    # training writes run/oof.csv in manifest order: same predictions, other order -> kept untouched
+    reordered = oof_text(ROWS[::-1])
+    (run / "oof.csv").write_text(reordered)
+    evaluate_run(run)
+    assert (run / "oof.csv").read_text() == reordered
     lone = tmp_path / "lone"
     lone.mkdir()
     (lone / "oof.csv").write_text(oof_text(ROWS))
