@@ -20,7 +20,7 @@ import pandas as pd
 
 from bmteach.classes import ABBRS, tolerance_set
 from bmteach.errors import UserError
-from bmteach.metrics import (MODES, compute_metrics, confusion_counts, format_table, label_indices,
+from bmteach.metrics import (compute_metrics, confusion_counts, format_table, label_indices,
                              metrics_of_table, normalise_pairs, per_class_table, read_predictions, row_normalise,
                              tolerance_matrix, tolerant_indices)
 from bmteach.storage import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
@@ -222,7 +222,8 @@ def cli_evaluate(args) -> int:
     run_dir = Path(args.run)
     metrics = evaluate_run(run_dir, tolerance=args.tolerance)
     print(format_table(metrics))
-    print(f"\nWrote {', '.join(str(run_dir / n) for n in ('metrics.json', 'table.csv', 'confusion.csv', 'confusion.png'))}")
+    written = ("metrics.json", "table.csv", "confusion.csv", "confusion.png")
+    print(f"\nWrote {', '.join(str(run_dir / name) for name in written)}")
     return 0
 
 
@@ -278,7 +279,6 @@ def format_external_report(report: dict) -> str:
 def _predict_items(predictor, root: Path, items, batch_size: int, progress=None):
     """Probabilities for (relpath, abbr) items in batches; unreadable images are skipped with a reason."""
     from bmteach.data import load_image, safe_join
-    from bmteach.errors import BadImageError
 
     kept, probs, skipped = [], [], []
     for start in range(0, len(items), batch_size):
@@ -287,7 +287,7 @@ def _predict_items(predictor, root: Path, items, batch_size: int, progress=None)
             try:
                 images.append(load_image(safe_join(root, rel)))
                 batch.append((rel, abbr))
-            except BadImageError as exc:
+            except UserError as exc:  # BadImageError, or a path leading outside the data folder
                 skipped.append((rel, str(exc)))
         if images:
             probs.append(np.asarray(predictor.predict_proba(images, fold=None), dtype=float))
@@ -313,13 +313,16 @@ def evaluate_external(run_dir, data_root, mapping=None, out_dir=None, tolerance=
     Writes into out_dir (default RUN/external/). Returns the report (see external_report) plus "skipped".
     """
     from bmteach.data import index
-    from bmteach.infer import Predictor
 
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"Run folder not found: {run_dir}")
     out_dir = Path(out_dir) if out_dir else run_dir / "external"
     found = index(data_root, mapping)
     if not found.items:
         raise UserError(f"No images of mapped classes found in {data_root}; check the mapping CSV.")
+    from bmteach.infer import Predictor  # torch: imported only once the inputs are known to be sane
+
     predictor = Predictor.from_run(run_dir, device=device)
     classes = tuple(predictor.classes)
     kept, probs, unreadable = _predict_items(predictor, Path(found.root), list(found.items), batch_size, progress)
@@ -343,17 +346,18 @@ def cli_evaluate_external(args) -> int:
     from tqdm import tqdm
 
     out_dir = Path(args.out) if args.out else Path(args.run) / "external"
-    bar = tqdm(total=0, unit="img", file=sys.stderr, desc="predicting")
+    bars = []  # the bar appears with the first batch, so input errors print one clean line
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+        if not bars:
+            bars.append(tqdm(total=total, unit="img", file=sys.stderr, desc="predicting"))
+        bars[0].update(done - bars[0].n)
 
     try:
         report = evaluate_external(args.run, args.data, args.mapping, out_dir, progress=progress)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     print(format_external_report(report))
     print(f"\nWrote {out_dir / 'predictions.csv'} and {out_dir / 'report.json'}")
     return 0

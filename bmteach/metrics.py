@@ -315,7 +315,8 @@ def _table_note(metrics: dict, abbr: str) -> str:
     no_pred = metrics.get("no_predictions", {})
     modes = [m for m in MODES if abbr in no_pred.get(m, [])]
     if modes:
-        notes.append(f"no {'/'.join(modes)} predictions in some data (precision 0 there)")
+        where = " in some folds" if metrics.get("folds") is not None else ""
+        notes.append(f"no {'/'.join(modes)} predictions{where} (precision 0 there)")
     if metrics["classes"][abbr]["strict"]["support"] == 0:
         notes.append("no true images (recall undefined)")
     return "; ".join(notes)
