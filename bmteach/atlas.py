@@ -205,3 +205,13 @@ def _number(value) -> float:
 def class_row(table: pd.DataFrame, abbr: str) -> dict:
     """One class's row of model_vs_paper as a plain dict."""
     return table.set_index("class").loc[abbr].to_dict()
+
+
+def precision_recall_rows(row: Mapping) -> pd.DataFrame:
+    """One class's numbers as two rows (strict, tolerant) x model/paper precision/recall, for a small table."""
+    return pd.DataFrame([
+        {"evaluation": mode,
+         "model precision": row[f"model {mode} precision"], "model recall": row[f"model {mode} recall"],
+         "paper precision": row[f"paper {mode} precision"], "paper recall": row[f"paper {mode} recall"]}
+        for mode in ("strict", "tolerant")
+    ])

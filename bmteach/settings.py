@@ -72,7 +72,7 @@ def save_settings(settings: Settings) -> None:
 # --- validation: each failure is one sentence a teacher can act on --------------------------------------
 
 def validate_data_dir(path: str | Path) -> Path:
-    """An existing folder with at least one class folder (BLA, NGS, ...) directly inside it."""
+    """The folder holding the class folders (BLA/, NGS/, ...): PATH itself, or PATH/BM_cytomorphology_data."""
     text = str(path).strip()
     if not text:
         raise UserError("Give the path of a data folder, e.g. /data/BM_cytomorphology_data.")
@@ -82,12 +82,18 @@ def validate_data_dir(path: str | Path) -> Path:
     if not folder.is_dir():
         raise UserError(f"{folder} is a file, not a data folder.")
     inside = _subfolders(folder)
-    if any(name.upper() in ABBRS for name in inside):
+    if _has_class_folders(inside):
         return folder
-    if REAL_DATA_FOLDER in inside:
-        raise UserError(f"{folder} holds {REAL_DATA_FOLDER}: point the app at {folder / REAL_DATA_FOLDER} itself.")
+    # the folder TCIA's download creates: accept its parent and use the data folder itself, so image paths
+    # stay relative to the folder that holds the classes (as in every run's manifest)
+    if REAL_DATA_FOLDER in inside and _has_class_folders(_subfolders(folder / REAL_DATA_FOLDER)):
+        return folder / REAL_DATA_FOLDER
     raise UserError(f"{folder} has no class folders (BLA, PMO, NGS, ...): point the app at the folder "
                     f"that holds them, such as {REAL_DATA_FOLDER}.")
+
+
+def _has_class_folders(names: list[str]) -> bool:
+    return any(name.upper() in ABBRS for name in names)
 
 
 def _subfolders(folder: Path) -> list[str]:
@@ -143,6 +149,15 @@ def active_run_dir(settings: Settings | None = None) -> Choice:
     if settings.run_dir:
         return Choice(Path(settings.run_dir).expanduser().resolve(), "setting")
     return Choice(DEMO_RUN, "default")
+
+
+def save_choices(data_dir: str | Path | None, run_dir: str | Path | None) -> Settings:
+    """Validate both folders first, then save them together (empty = default); nothing is saved on an error."""
+    data = validate_data_dir(data_dir) if data_dir and str(data_dir).strip() else None
+    run = validate_run_dir(run_dir) if run_dir and str(run_dir).strip() else None
+    settings = Settings(data_dir=str(data) if data else None, run_dir=str(run) if run else None)
+    save_settings(settings)
+    return settings
 
 
 def set_data_dir(path: str | Path | None) -> Path | None:

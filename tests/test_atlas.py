@@ -102,3 +102,11 @@ def test_model_vs_paper_puts_run_numbers_beside_the_paper():
     other = atlas.class_row(atlas.model_vs_paper(metrics), "EOS")
     assert math.isnan(other["model strict precision"]) and other["paper strict recall"] == 0.91
     assert math.isnan(atlas.class_row(atlas.model_vs_paper(None), "BLA")["model tolerant precision"])
+
+
+def test_precision_recall_rows_for_one_class():
+    metrics = {"classes": {"NGB": {"strict": {"precision": 0.4, "recall": 0.6},
+                                   "tolerant": {"precision": 0.9, "recall": 0.8}}}}
+    rows = atlas.precision_recall_rows(atlas.class_row(atlas.model_vs_paper(metrics), "NGB")).set_index("evaluation")
+    assert rows.loc["strict", "model precision"] == 0.4 and rows.loc["tolerant", "model recall"] == 0.8
+    assert rows.loc["strict", "paper precision"] == 0.54 and rows.loc["tolerant", "paper recall"] == 0.91

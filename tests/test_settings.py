@@ -68,7 +68,6 @@ def test_settings_file_is_written_atomically_and_leaves_no_temp_files(clean_env,
     (None, "does not exist"),
     ("file", "is a file"),
     ("empty", "has no class folders"),
-    ("parent", "point the app at"),
 ])
 def test_bad_data_folder_is_one_sentence(clean_env, tmp_path, layout, message):
     path = tmp_path / "d"
@@ -76,12 +75,16 @@ def test_bad_data_folder_is_one_sentence(clean_env, tmp_path, layout, message):
         path.write_text("x")
     elif layout == "empty":
         path.mkdir()
-    elif layout == "parent":
-        (path / "BM_cytomorphology_data" / "NGS").mkdir(parents=True)
     with pytest.raises(UserError, match=message) as err:
         settings.set_data_dir(path)
     assert "\n" not in str(err.value)
     assert settings.active_data_dir().source == "default"  # nothing saved
+
+
+def test_parent_of_the_tcia_folder_is_accepted_as_the_data_folder_itself(clean_env, tmp_path):
+    inner = make_data(tmp_path / "download" / "BM_cytomorphology_data")
+    assert settings.set_data_dir(tmp_path / "download") == inner.resolve()
+    assert settings.active_data_dir() == settings.Choice(inner.resolve(), "setting")
 
 
 def test_bad_run_folder_is_one_sentence(clean_env, tmp_path):

@@ -1,0 +1,459 @@
+"""The one Streamlit-aware module: page setup, cached loaders, widgets shared by pages, the instructor guard.
+
+Caching rules (architecture.md): models and indexes are `st.cache_resource` (one per process, read-only, never
+mutated); arrays and tables are `st.cache_data`. Every torch call sits behind a cache keyed by what it depends
+on (run, image bytes, fold, target), so a rerun that only moves a slider does no torch work.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from bmteach import settings as cfg
+from bmteach.atlas import class_counts, page_of
+from bmteach.classes import ABBRS, BY_ABBR, class_name
+from bmteach.errors import UserError
+
+APP_NAME = "bmteach"
+
+
+# --- what the page is showing ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Active:
+    """The data set and run this page shows, and what (if anything) is wrong with each."""
+    data: cfg.Choice
+    run: cfg.Choice
+    synthetic: bool
+    data_error: str | None = None
+    run_error: str | None = None
+
+    @property
+    def data_dir(self) -> str:
+        return str(self.data.path)
+
+    @property
+    def run_dir(self) -> str:
+        return str(self.run.path)
+
+    @property
+    def has_data(self) -> bool:
+        return self.data_error is None
+
+    @property
+    def has_run(self) -> bool:
+        return self.run_error is None
+
+
+def setup_page(title: str, icon: str = "🔬") -> Active:
+    """Every page calls this first: page config, the active data set and run, and the sidebar."""
+    st.set_page_config(page_title=f"{title} · {APP_NAME}", page_icon=icon, layout="wide")
+    active = resolve_active()
+    render_sidebar(active)
+    return active
+
+
+def resolve_active() -> Active:
+    """Read the settings (a damaged file falls back to the defaults, with a warning) and check both paths."""
+    try:
+        saved = cfg.load_settings()
+    except UserError as exc:
+        st.warning(str(exc))
+        saved = cfg.Settings()
+    data, run = cfg.active_data_dir(saved), cfg.active_run_dir(saved)
+    data_error = None
+    if data.is_default:
+        data_error = ensure_default_data()
+    else:
+        try:  # validation also steps into BM_cytomorphology_data when given its parent
+            data = cfg.Choice(cfg.validate_data_dir(data.path), data.source)
+        except UserError as exc:
+            data_error = str(exc)
+    run_error = _run_error(run)
+    synthetic = data_error is None and _is_synthetic(data.path)
+    return Active(data, run, synthetic, data_error, run_error)
+
+
+def _validation_error(check, path) -> str | None:
+    try:
+        check(path)
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
+def _run_error(run: cfg.Choice) -> str | None:
+    if run.is_default and not cfg.trained_folds(run.path):
+        return ("No demo model is installed yet (models/demo): train one with `python -m bmteach train` and "
+                "point the app at it, or ask the instructor.")
+    return _validation_error(cfg.validate_run_dir, run.path)
+
+
+def _is_synthetic(path: Path) -> bool:
+    from bmteach.synth import is_synthetic
+    return bool(is_synthetic(path))
+
+
+def ensure_default_data() -> str | None:
+    """Generate the embedded synthetic data set on first use, with a progress bar; an error sentence or None."""
+    from bmteach import synth
+
+    report = _LazyProgress("First start: drawing the built-in synthetic cells (once, about a minute)...")
+    try:
+        synth.ensure_default_dataset(progress=report)  # returns at once when the set is already there
+    except UserError as exc:
+        return str(exc)
+    finally:
+        report.close()
+    return None
+
+
+class _LazyProgress:
+    """A progress(done, total) callback that only puts a bar on the page once work is reported."""
+
+    def __init__(self, text: str):
+        self.text, self.bar = text, None
+
+    def __call__(self, done, total=None, *_, **__):
+        fraction = done / total if total else float(done)
+        if self.bar is None:
+            self.bar = st.progress(0.0, text=self.text)
+        self.bar.progress(min(max(float(fraction), 0.0), 1.0), text=self.text)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.empty()
+
+
+def render_sidebar(active: Active) -> None:
+    with st.sidebar:
+        st.markdown("**Data set**")
+        if active.synthetic:
+            st.badge("synthetic", color="orange", icon=":material/science:")
+        st.caption(f"{_data_label(active)} · {active.data.source}")
+        if active.data_error:
+            st.error(active.data_error)
+        st.markdown("**Model**")
+        st.caption(f"{active.run.path.name} · {active.run.source}")
+        if active.run_error:
+            st.warning(active.run_error)
+
+
+def _data_label(active: Active) -> str:
+    return "synthetic cells (built in)" if active.data.is_default else str(active.data.path)
+
+
+def require_data(active: Active) -> None:
+    """Stop the page with the one-sentence reason when the data set cannot be used."""
+    if active.data_error:
+        st.error(active.data_error)
+        st.stop()
+
+
+# --- cached loaders -------------------------------------------------------------------------------------
+
+def folder_stamp(path: str | Path) -> float:
+    """Changes when a folder's direct contents change (cache key for indexes)."""
+    try:
+        return Path(path).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def run_stamp(run_dir: str | Path) -> tuple:
+    """Changes when any fold checkpoint or the run's metrics change (cache key for predictors)."""
+    run = Path(run_dir)
+    files = sorted(run.glob("fold*/model.pt")) + [run / "metrics.json", run / "manifest.csv"]
+    return tuple((str(p), p.stat().st_mtime) for p in files if p.is_file())
+
+
+@st.cache_resource(show_spinner="Indexing the data set...", max_entries=4)
+def _index(data_dir: str, stamp: float):
+    from bmteach.data import index
+    return index(data_dir)
+
+
+def data_index(active: Active):
+    """IndexResult of the active data set (shared by every session; do not mutate)."""
+    return _index(active.data_dir, folder_stamp(active.data_dir))
+
+
+@st.cache_data(max_entries=8)
+def _counts(data_dir: str, stamp: float) -> dict[str, int]:
+    return class_counts(_index(data_dir, stamp).items)
+
+
+def data_counts(active: Active) -> dict[str, int]:
+    return _counts(active.data_dir, folder_stamp(active.data_dir))
+
+
+@st.cache_data(max_entries=64)
+def _paths_of_class(data_dir: str, stamp: float, abbr: str) -> list[str]:
+    return sorted(p for p, a in _index(data_dir, stamp).items if a == abbr)
+
+
+def paths_of_class(active: Active, abbr: str) -> list[str]:
+    return _paths_of_class(active.data_dir, folder_stamp(active.data_dir), abbr)
+
+
+@st.cache_resource(show_spinner="Loading the model...", max_entries=2)
+def _predictor(run_dir: str, stamp: tuple):
+    from bmteach.infer import Predictor
+    return Predictor.from_run(run_dir, device="auto")
+
+
+def predictor(active: Active):
+    """The active run's Predictor: one per process and run, shared read-only by every session."""
+    return _predictor(active.run_dir, run_stamp(active.run_dir))
+
+
+@st.cache_resource
+def torch_lock() -> threading.Lock:
+    """Gradient methods hook into the shared models: one explanation at a time per process."""
+    return threading.Lock()
+
+
+@st.cache_data(max_entries=8)
+def _run_json(run_dir: str, stamp: tuple, name: str) -> dict | None:
+    import json
+    path = Path(run_dir) / name
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def run_metrics(active: Active) -> dict | None:
+    """run/metrics.json (the `metrics --json` format) or None when the run has not been evaluated."""
+    return _run_json(active.run_dir, run_stamp(active.run_dir), "metrics.json")
+
+
+@st.cache_data(max_entries=8)
+def _run_manifest_counts(run_dir: str, stamp: tuple) -> dict[str, int] | None:
+    import pandas as pd
+    path = Path(run_dir) / "manifest.csv"
+    if not path.is_file():
+        return None
+    labels = pd.read_csv(path, usecols=["label"], dtype=str)["label"]
+    return {a: int((labels == a).sum()) for a in ABBRS}
+
+
+def run_manifest_counts(active: Active) -> dict[str, int] | None:
+    return _run_manifest_counts(active.run_dir, run_stamp(active.run_dir))
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def read_data_bytes(data_dir: str, relpath: str) -> bytes:
+    """The bytes of one data-set image (safe_join refuses paths that leave the data folder)."""
+    from bmteach.data import safe_join
+    return safe_join(data_dir, relpath).read_bytes()
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def decode_image(image_bytes: bytes, name: str = "The image") -> Image.Image:
+    """Any odd format -> RGB (data.load_image); a bad file raises BadImageError, one sentence naming `name`."""
+    from bmteach.data import load_image
+    buffer = io.BytesIO(image_bytes)
+    buffer.name = name  # load_image names the file in its error sentence
+    return load_image(buffer)
+
+
+def image_key(image_bytes: bytes) -> str:
+    return hashlib.sha256(image_bytes).hexdigest()[:16]
+
+
+@st.cache_resource
+def teaching_text():
+    """Teaching text per class (assets/teaching.json), read once per process."""
+    from bmteach.atlas import load_teaching
+    return load_teaching()
+
+
+# --- torch work behind caches (keys: run, image bytes, fold, target, parameters) -------------------------
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def predict_probs(run_dir: str, stamp: tuple, image_bytes: bytes, fold: int | None) -> np.ndarray:
+    """Class probabilities (classes order) of one image: one fold's model, or the fold average for None."""
+    model = _predictor(run_dir, stamp)
+    return model.predict_proba([decode_image(image_bytes)], fold=fold)[0]
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def gradcam_map(run_dir: str, stamp: tuple, image_bytes: bytes, fold: int | None, target: int,
+                versus: int | None = None) -> np.ndarray:
+    """Grad-CAM (H, W) in [0, 1] at the model's input size; with `versus`, evidence for target rather than it."""
+    from bmteach.explain import gradcam
+    model = _predictor(run_dir, stamp)
+    x = model.preprocess([decode_image(image_bytes)])
+    with torch_lock():
+        return gradcam(model.model(fold), x, int(target), versus=versus)
+
+
+def smoothgrad_map(run_dir: str, stamp: tuple, image_bytes: bytes, fold: int | None, target: int,
+                   noise: float, samples: int, progress=None) -> np.ndarray:
+    """SmoothGrad (H, W) in [0, 1]; slow, so pages run it on a button and keep the result in session state."""
+    from bmteach.explain import METHODS
+    model = _predictor(run_dir, stamp)
+    x = model.preprocess([decode_image(image_bytes)])
+    with torch_lock():
+        return METHODS["smoothgrad"](model.model(fold), x, int(target), noise=noise, samples=samples,
+                                     progress=progress)
+
+
+@st.cache_data(max_entries=64, show_spinner="Comparing with a weight-randomised model...")
+def sanity_check(run_dir: str, stamp: tuple, image_bytes: bytes, fold: int | None, target: int):
+    """Grad-CAM of the trained vs a weight-randomised model and their rank correlation (SanityResult)."""
+    from bmteach import explain
+    model = _predictor(run_dir, stamp)
+    x = model.preprocess([decode_image(image_bytes)])
+    with torch_lock():
+        return explain.sanity_check(model.model(fold), x, int(target), method="gradcam")
+
+
+@st.cache_data(max_entries=64, show_spinner="Deleting the most salient pixels step by step...")
+def deletion_curve(run_dir: str, stamp: tuple, image_bytes: bytes, fold: int | None, target: int):
+    """Deletion curve of the Grad-CAM map (DeletionCurve: fractions, scores, auc; lower auc = more faithful)."""
+    from bmteach import explain
+    saliency = gradcam_map(run_dir, stamp, image_bytes, fold, target)
+    model = _predictor(run_dir, stamp)
+    x = model.preprocess([decode_image(image_bytes)])
+    with torch_lock():
+        return explain.deletion_curve(model.model(fold), x, int(target), saliency)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def cell_mask(data_dir: str, relpath: str) -> np.ndarray | None:
+    """The synthetic generator's mask of one image (0 background, >0 cell), or None when it has none."""
+    from bmteach.synth import mask_path
+    path = mask_path(data_dir, relpath)
+    if path is None or not Path(path).is_file():
+        return None
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def top_classes(probs: np.ndarray, classes: list[str], k: int = 5) -> list[tuple[str, float]]:
+    """The k most probable classes, highest first (ties keep class order)."""
+    order = np.argsort(-np.asarray(probs), kind="stable")[:k]
+    return [(classes[i], float(probs[i])) for i in order]
+
+
+# --- widgets shared by pages ----------------------------------------------------------------------------
+
+def class_label(abbr: str) -> str:
+    return f"{abbr} · {class_name(abbr)}"
+
+
+def class_picker(label: str, key: str, default: str | None = None, options=ABBRS, counts=None) -> str:
+    """A selectbox of classes shown as 'MYB · Myelocyte (n)'; returns the abbreviation."""
+    options = list(options)
+    index = options.index(default) if default in options else 0
+
+    def fmt(a: str) -> str:
+        return f"{class_label(a)} ({counts.get(a, 0)})" if counts is not None else class_label(a)
+
+    return st.selectbox(label, options, index=index, format_func=fmt, key=key)
+
+
+def image_picker(active: Active, abbr: str, key: str, per_page: int = 50) -> str | None:
+    """Pick one image of a class, page by page (a class may hold 29,000 images); returns its relpath."""
+    paths = paths_of_class(active, abbr)
+    if not paths:
+        st.info(f"The active data set has no {class_name(abbr)} images.")
+        return None
+    n_pages = max(1, -(-len(paths) // per_page))
+    cols = st.columns([1, 3])
+    page = cols[0].number_input(f"Page (of {n_pages})", 1, n_pages, 1, key=f"{key}_page")
+    current = page_of(paths, page, per_page)
+    return cols[1].selectbox(f"Image ({len(paths):,} in this class)", current.items,
+                             format_func=lambda p: Path(p).name, key=f"{key}_image")
+
+
+def image_caption(name: str, synthetic: bool, extra: str = "") -> str:
+    """Captions always say when an image is synthetic: it must never pass for a real cell."""
+    parts = [name] + (["synthetic image"] if synthetic else []) + ([extra] if extra else [])
+    return " · ".join(parts)
+
+
+def show_cell(image, name: str, synthetic: bool, extra: str = "", width="content") -> None:
+    st.image(image, caption=image_caption(name, synthetic, extra), width=width)
+
+
+def gallery(active: Active, abbr: str, key: str, per_page: int = 12, columns: int = 6) -> None:
+    """A paged grid of one class's images from the active data set."""
+    paths = paths_of_class(active, abbr)
+    if not paths:
+        st.info(f"No {class_name(abbr)} images in the active data set.")
+        return
+    n_pages = max(1, -(-len(paths) // per_page))
+    page = st.number_input(f"Gallery page (of {n_pages})", 1, n_pages, 1, key=f"{key}_page")
+    current = page_of(paths, page, per_page)
+    cols = st.columns(columns)
+    for i, relpath in enumerate(current.items):
+        with cols[i % columns]:
+            show_data_cell(active, relpath, width="stretch")
+
+
+def show_data_cell(active: Active, relpath: str, label: str | None = None, width="content") -> None:
+    """One image of the data set; a file that cannot be decoded becomes a one-line caption, not a crash."""
+    name = Path(relpath).name
+    try:
+        image = decode_image(read_data_bytes(active.data_dir, relpath), name)
+    except (UserError, OSError) as exc:
+        st.caption(str(exc) if isinstance(exc, UserError) else f"{name} cannot be read.")
+        return
+    show_cell(image, label or name, active.synthetic, width=width)
+
+
+# The app's pages in menu order: (file under pages/, label, icon). Pages not present yet are not linked.
+PAGES = (
+    ("1_Atlas.py", "Atlas: the 21 classes, their lineage and examples", "📖"),
+    ("2_Quiz.py", "Quiz: test yourself", "❓"),
+    ("3_Explain.py", "Explain: what the model looks at", "🔍"),
+    ("4_Embedding.py", "Embedding: the map of all cells", "🗺️"),
+    ("5_Errors.py", "Errors: where the model goes wrong", "⚠️"),
+    ("6_Training.py", "Training: train your own model", "🏋️"),
+    ("7_Teacher.py", "Teacher: class results", "🧑‍🏫"),
+)
+
+
+def page_links() -> None:
+    """A link to every page that exists in this checkout."""
+    from bmteach.storage import REPO_ROOT
+    for name, label, icon in PAGES:
+        if (REPO_ROOT / "pages" / name).is_file():
+            st.page_link(f"pages/{name}", label=label, icon=icon)
+
+
+# --- instructor guard -----------------------------------------------------------------------------------
+
+def _secrets():
+    try:
+        return st.secrets
+    except Exception:
+        return None
+
+
+def instructor_guard(key: str = "instructor") -> bool:
+    """True when this session proved it knows the instructor secret. Without one configured, say how to set it."""
+    expected = cfg.instructor_secret(_secrets())
+    if not expected:
+        st.info("Instructor settings are locked until a secret is configured: put `instructor_secret = \"...\"` "
+                f"in `.streamlit/secrets.toml`, or set the environment variable `{cfg.SECRET_ENV}`, then restart "
+                "the app.")
+        return False
+    # the password field keeps its value across reruns, so the check simply runs on every rerun
+    given = st.text_input("Instructor secret", type="password", key=f"{key}_secret")
+    if not given:
+        return False
+    if not cfg.check_secret(given, expected):
+        st.error("That is not the instructor secret.")
+        return False
+    return True

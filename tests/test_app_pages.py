@@ -1,0 +1,256 @@
+"""AppTest of the home, atlas and explain pages on a tiny synthetic data set and a tiny two-fold run.
+
+The data set (2 synthetic cells per class) and the run (an untrained sequential CNN at 32 px, saved with
+save_checkpoint) are built once per module; BMTEACH_DATA / BMTEACH_RUN point the pages at them.
+"""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from bmteach import settings
+from bmteach.classes import ABBRS, BY_ABBR
+from bmteach.data import build_manifest, index, load_image, write_manifest
+from bmteach.models import ModelMeta, create_model, save_checkpoint
+from bmteach.storage import DEMO_RUN, REPO_ROOT
+from bmteach.synth import generate_dataset
+
+TIMEOUT = 60
+HOME, ATLAS, EXPLAIN = (str(REPO_ROOT / p) for p in ("app.py", "pages/1_Atlas.py", "pages/3_Explain.py"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A synthetic data set of 42 images and a two-fold run trained on none of them (random weights)."""
+    root = tmp_path_factory.mktemp("app")
+    data = generate_dataset(root / "data", per_class=2, seed=0, workers=1)
+    run = root / "run"
+    manifest = build_manifest(index(data), k=2, seed=0)
+    run.mkdir()
+    write_manifest(manifest, run / "manifest.csv")
+    torch.manual_seed(0)
+    for fold in (0, 1):
+        meta = ModelMeta(model="sequential", image_size=32, fold=fold, epochs=1, epoch=1, complete=True)
+        save_checkpoint(create_model("sequential", len(ABBRS)), meta, run / f"fold{fold}" / "model.pt")
+    metrics = {"classes": {"MMZ": {"strict": {"precision": 0.25, "recall": 0.5},
+                                   "tolerant": {"precision": 0.75, "recall": 1.0}}}}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    return data, run, manifest
+
+
+@pytest.fixture
+def env(tiny, monkeypatch, fresh_home):
+    data, run, _ = tiny
+    monkeypatch.setenv(settings.DATA_ENV, str(data))
+    monkeypatch.setenv(settings.RUN_ENV, str(run))
+    monkeypatch.delenv(settings.SECRET_ENV, raising=False)
+    return tiny
+
+
+def run_page(path: str) -> AppTest:
+    at = AppTest.from_file(path, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def frame(at: AppTest, column: str) -> pd.DataFrame:
+    """The first dataframe on the page with this column (dataframes carry no key in AppTest)."""
+    for df in at.dataframe:
+        if column in df.value.columns:
+            return df.value
+    raise AssertionError(f"no dataframe with a {column!r} column")
+
+
+def captions_of(at: AppTest) -> list[str]:
+    return [c for img in at.image for c in img.captions]
+
+
+def texts(at: AppTest) -> str:
+    parts = [e.value for kind in ("markdown", "caption", "info", "error", "warning", "success", "header",
+                                  "subheader", "title") for e in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+# --- home ---------------------------------------------------------------------------------------------------
+
+def test_home_shows_the_index_counts_of_the_active_data_set(env):
+    data, run, manifest = env
+    at = run_page(HOME)
+    table = frame(at, "active data set").set_index("class")
+    expected = index(data).counts()
+    assert table["active data set"].to_dict() == {a: expected.get(a, 0) for a in ABBRS}
+    assert table["run's manifest"].to_dict() == manifest["label"].value_counts().reindex(list(ABBRS)).to_dict()
+    assert table.loc["NGS", "full data set"] == BY_ABBR["NGS"].count == 29424
+    assert at.metric[0].value == "42"
+    assert any("badge[" in m.value and "synthetic" in m.value for m in at.sidebar.markdown)  # st.badge
+    assert "10.7937/TCIA.AXH3-T579" in texts(at) and "CC BY 4.0" in texts(at)
+
+
+def test_home_instructor_area_says_how_to_set_a_secret(env):
+    at = run_page(HOME)
+    assert settings.SECRET_ENV in texts(at)
+    assert not [t for t in at.text_input if t.key == "setting_data"]
+
+
+def test_instructor_guard_refuses_a_wrong_secret_and_accepts_the_right_one(env, monkeypatch, tmp_path):
+    monkeypatch.setenv(settings.SECRET_ENV, "correct horse")
+    at = run_page(HOME)
+    at.text_input(key="home_instructor_secret").input("wrong").run()
+    assert "not the instructor secret" in texts(at)
+    assert not [t for t in at.text_input if t.key == "setting_data"]
+
+    at.text_input(key="home_instructor_secret").input("correct horse").run()
+    assert not at.exception
+    # a bad folder is refused with one sentence and nothing is saved
+    at.text_input(key="setting_data").input(str(tmp_path / "missing")).run()
+    at.button(key="save_settings").click().run()
+    assert "does not exist" in texts(at) and not settings.settings_path().exists()
+    # a good one is saved (BMTEACH_DATA still wins, as the page says)
+    data, run, _ = env
+    at.text_input(key="setting_data").input(str(data)).run()
+    at.button(key="save_settings").click().run()
+    assert not at.exception
+    assert json.loads(settings.settings_path().read_text())["data_dir"] == str(data.resolve())
+
+
+# --- atlas --------------------------------------------------------------------------------------------------
+
+def test_atlas_card_counts_and_model_vs_paper(env):
+    data, _, _ = env
+    at = run_page(ATLAS)
+    assert at.get("plotly_chart"), "the lineage tree is drawn"
+    at.selectbox(key="atlas_class").select("MMZ").run()
+    assert not at.exception
+    assert any("Metamyelocyte (MMZ)" in h.value for h in at.header)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["In the active data set"] == str(index(data).counts()["MMZ"])
+    assert metrics["In the full data set"] == "3,055"
+    pr = frame(at, "evaluation").set_index("evaluation")
+    assert pr.loc["strict", "model precision"] == 0.25 and pr.loc["tolerant", "model recall"] == 1.0
+    assert pr.loc["strict", "paper precision"] == 0.30 and pr.loc["tolerant", "paper precision"] == 0.68
+    # the compare section defaults to myelocyte vs metamyelocyte and says how to tell them apart
+    assert at.selectbox(key="compare_a").value == "MYB" and at.selectbox(key="compare_b").value == "MMZ"
+    assert "indented" in texts(at)
+    # gallery captions say the images are synthetic
+    captions = captions_of(at)
+    assert len(captions) == 1 + 2 + 2 + 2  # card example, MMZ gallery, MYB and MMZ compare galleries
+    assert all("synthetic" in c for c in captions)
+
+
+# --- explain ------------------------------------------------------------------------------------------------
+
+def _top_table(at: AppTest) -> pd.DataFrame:
+    return frame(at, "probability")
+
+
+def test_explain_data_set_image_uses_its_out_of_fold_model(env):
+    data, run, manifest = env
+    from bmteach.infer import Predictor
+
+    at = run_page(EXPLAIN)
+    abbr = at.selectbox(key="explain_class").value
+    relpath = sorted(manifest[manifest["label"] == abbr]["path"])[0]
+    assert at.selectbox(key="explain_pick_image").value == relpath
+    fold = int(manifest.set_index("path").loc[relpath, "fold"])
+
+    predictor = Predictor.from_run(run, device="cpu")
+    expected = predictor.predict_proba([load_image(data / relpath)], fold=fold)[0]
+    top = _top_table(at)
+    assert len(top) == 5 and top["probability"].sum() <= 1.0 + 1e-6
+    for row in top.itertuples():
+        assert row.probability == pytest.approx(expected[predictor.classes.index(row._1)], abs=1e-4)
+    assert top["class"].iloc[0] == predictor.classes[int(np.argmax(expected))]
+    assert f"fold-{fold} model, which never saw this image" in texts(at)
+    # Grad-CAM overlay, mask energy (synthetic), both shown without any button
+    assert any(m.label.startswith("Share of the Grad-CAM") for m in at.metric)
+    share = next(m for m in at.metric if m.label.startswith("Share")).value
+    assert 0 <= int(share.rstrip("%")) <= 100
+
+
+def test_explain_smoothgrad_and_checks_on_request(env):
+    at = run_page(EXPLAIN)
+    at.slider(key="explain_samples").set_value(5).run()
+    n_images = len(captions_of(at))
+    at.button(key="explain_smoothgrad").click().run()
+    assert not at.exception
+    assert len(captions_of(at)) == n_images + 1
+    at.toggle(key="explain_sanity").set_value(True).run()
+    at.toggle(key="explain_deletion").set_value(True).run()
+    assert not at.exception
+    labels = {m.label: m.value for m in at.metric}
+    assert -1.0 <= float(labels["Rank correlation"]) <= 1.0
+    assert 0.0 <= float(labels["Area under the deletion curve"]) <= 1.0
+
+
+def _png(mode: str, size=(40, 40)) -> bytes:
+    buf = io.BytesIO()
+    if mode == "I;16":
+        Image.fromarray((np.arange(size[0] * size[1]).reshape(size) * 37 % 65535).astype(np.uint16)).save(buf, "PNG")
+    else:
+        Image.new(mode, size, (200, 80, 160, 128) if mode == "RGBA" else 120).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _truncated_jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()[: len(buf.getvalue()) // 2]
+
+
+def _upload(at: AppTest, name: str, content: bytes, mime: str) -> AppTest:
+    at.radio(key="explain_source").set_value("Upload your own").run()
+    at.file_uploader(key="explain_upload").set_value((name, content, mime)).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@pytest.mark.parametrize("name, content, mime", [
+    ("empty.jpg", b"", "image/jpeg"),
+    ("notes.png", b"this is not an image, just text\n", "text/plain"),
+    ("cut.jpg", _truncated_jpeg(), "image/jpeg"),
+    ("page.jpg", b"<html><body>hello</body></html>", "text/html"),
+])
+def test_broken_uploads_give_one_sentence_and_no_exception(env, name, content, mime):
+    at = _upload(run_page(EXPLAIN), name, content, mime)
+    assert len(at.error) == 1
+    message = at.error[0].value
+    assert name in message and "\n" not in message and "Traceback" not in message
+    assert not at.image
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "I;16", "L"])
+def test_odd_but_valid_uploads_are_explained_with_the_fold_average(env, mode):
+    _, run, _ = env
+    from bmteach.infer import Predictor
+
+    content = _png(mode)
+    at = _upload(run_page(EXPLAIN), f"cell_{mode}.png", content, "image/png")
+    assert not at.error
+    predictor = Predictor.from_run(run, device="cpu")
+    expected = predictor.predict_proba([load_image(io.BytesIO(content))], fold=None)[0]
+    top = _top_table(at)
+    assert top["probability"].sum() <= 1.0 + 1e-6
+    assert top["probability"].iloc[0] == pytest.approx(expected.max(), abs=1e-4)
+    assert "average of the 2 fold models (an upload belongs to no fold)" in texts(at)
+
+
+# --- the shipped defaults -----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_pages_on_the_real_defaults(monkeypatch):
+    """Built-in synthetic data (generated on first use) and models/demo; skipped until the demo run exists."""
+    if not settings.trained_folds(DEMO_RUN):
+        pytest.skip("models/demo is not trained yet")
+    for name in (settings.DATA_ENV, settings.RUN_ENV):
+        monkeypatch.delenv(name, raising=False)
+    for page in (HOME, ATLAS, EXPLAIN):
+        at = run_page(page)
+        assert not at.error, [e.value for e in at.error]
