@@ -354,11 +354,13 @@ def class_label(abbr: str) -> str:
 def class_picker(label: str, key: str, default: str | None = None, options=ABBRS, counts=None) -> str:
     """A selectbox of classes shown as 'MYB · Myelocyte (n)'; returns the abbreviation."""
     options = list(options)
-    index = options.index(default) if default in options else 0
 
     def fmt(a: str) -> str:
         return f"{class_label(a)} ({counts.get(a, 0)})" if counts is not None else class_label(a)
 
+    if key in st.session_state:  # set by a click elsewhere (the tree): a default as well would be a conflict
+        return st.selectbox(label, options, format_func=fmt, key=key)
+    index = options.index(default) if default in options else 0
     return st.selectbox(label, options, index=index, format_func=fmt, key=key)
 
 
@@ -370,10 +372,11 @@ def image_picker(active: Active, abbr: str, key: str, per_page: int = 50) -> str
         return None
     n_pages = max(1, -(-len(paths) // per_page))
     cols = st.columns([1, 3])
-    page = cols[0].number_input(f"Page (of {n_pages})", 1, n_pages, 1, key=f"{key}_page")
+    # keys per class: each class keeps its own page, and a page number never outlives a shorter class
+    page = cols[0].number_input(f"Page (of {n_pages})", 1, n_pages, 1, key=f"{key}_{abbr}_page")
     current = page_of(paths, page, per_page)
     return cols[1].selectbox(f"Image ({len(paths):,} in this class)", current.items,
-                             format_func=lambda p: Path(p).name, key=f"{key}_image")
+                             format_func=lambda p: Path(p).name, key=f"{key}_{abbr}_image")
 
 
 def image_caption(name: str, synthetic: bool, extra: str = "") -> str:
@@ -393,7 +396,7 @@ def gallery(active: Active, abbr: str, key: str, per_page: int = 12, columns: in
         st.info(f"No {class_name(abbr)} images in the active data set.")
         return
     n_pages = max(1, -(-len(paths) // per_page))
-    page = st.number_input(f"Gallery page (of {n_pages})", 1, n_pages, 1, key=f"{key}_page")
+    page = st.number_input(f"Gallery page (of {n_pages})", 1, n_pages, 1, key=f"{key}_{abbr}_page")
     current = page_of(paths, page, per_page)
     cols = st.columns(columns)
     for i, relpath in enumerate(current.items):

@@ -147,6 +147,17 @@ def test_atlas_card_counts_and_model_vs_paper(env):
 
 # --- explain ------------------------------------------------------------------------------------------------
 
+def test_atlas_class_set_by_a_tree_click_opens_its_card_without_warnings(env):
+    # a click on the tree runs the page's callback, which writes the class into session state before the
+    # class picker is drawn; AppTest cannot click a chart, so set the state the callback would set
+    at = AppTest.from_file(ATLAS, default_timeout=TIMEOUT)
+    at.session_state["atlas_class"] = "EOS"
+    at.run()
+    assert not at.exception and not at.warning
+    assert at.selectbox(key="atlas_class").value == "EOS"
+    assert any("Eosinophil (EOS)" in h.value for h in at.header)
+
+
 def _top_table(at: AppTest) -> pd.DataFrame:
     return frame(at, "probability")
 
@@ -158,7 +169,7 @@ def test_explain_data_set_image_uses_its_out_of_fold_model(env):
     at = run_page(EXPLAIN)
     abbr = at.selectbox(key="explain_class").value
     relpath = sorted(manifest[manifest["label"] == abbr]["path"])[0]
-    assert at.selectbox(key="explain_pick_image").value == relpath
+    assert at.selectbox(key=f"explain_pick_{abbr}_image").value == relpath
     fold = int(manifest.set_index("path").loc[relpath, "fold"])
 
     predictor = Predictor.from_run(run, device="cpu")
@@ -188,6 +199,42 @@ def test_explain_smoothgrad_and_checks_on_request(env):
     labels = {m.label: m.value for m in at.metric}
     assert -1.0 <= float(labels["Rank correlation"]) <= 1.0
     assert 0.0 <= float(labels["Area under the deletion curve"]) <= 1.0
+
+
+def test_moving_the_opacity_slider_does_no_torch_work(env, monkeypatch):
+    from bmteach import explain
+    from bmteach.infer import Predictor
+
+    calls = {"predict": 0, "gradcam": 0}
+    real_predict, real_gradcam = Predictor.predict_proba, explain.gradcam
+
+    def counted_predict(self, *a, **k):
+        calls["predict"] += 1
+        return real_predict(self, *a, **k)
+
+    def counted_gradcam(*a, **k):
+        calls["gradcam"] += 1
+        return real_gradcam(*a, **k)
+
+    monkeypatch.setattr(Predictor, "predict_proba", counted_predict)
+    monkeypatch.setattr(explain, "gradcam", counted_gradcam)
+    at = run_page(EXPLAIN)
+    at.selectbox(key="explain_class").select("PLM").run()  # an image no earlier test has explained
+    assert calls["predict"] >= 1 and calls["gradcam"] >= 1
+    before = dict(calls)
+    at.slider(key="explain_alpha").set_value(0.8).run()
+    assert not at.exception
+    assert calls == before
+
+
+def test_home_on_the_real_sample_is_not_called_synthetic(real_sample, env, monkeypatch):
+    monkeypatch.setenv(settings.DATA_ENV, str(real_sample))
+    at = run_page(HOME)
+    table = frame(at, "active data set").set_index("class")
+    assert table["active data set"].sum() == 420 and (table["active data set"] > 0).sum() == 7
+    assert not any("badge[" in m.value for m in at.sidebar.markdown)
+    at = run_page(ATLAS)
+    assert at.image and not any("synthetic" in c for c in captions_of(at))
 
 
 def _png(mode: str, size=(40, 40)) -> bytes:
