@@ -56,7 +56,8 @@ probs = ui.predict_probs(run, stamp, image_bytes, fold)
 top = ui.top_classes(probs, classes, k=5)
 map_fold = fold if fold is not None else model.folds[0]
 if fold is not None:
-    whose = f"the fold-{fold} model, which never saw this image in training (its out-of-fold prediction)"
+    whose = (f"the fold-{fold} model, which did not train on this image: the run held it out in fold {fold} "
+             "(an out-of-fold prediction)")
 elif relpath is not None:
     whose = (f"the average of the {len(model.folds)} fold models: this image is not in the run's manifest, "
              "so no fold model trained on it")

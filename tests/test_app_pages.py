@@ -179,7 +179,7 @@ def test_explain_data_set_image_uses_its_out_of_fold_model(env):
     for row in top.itertuples():
         assert row.probability == pytest.approx(expected[predictor.classes.index(row._1)], abs=1e-4)
     assert top["class"].iloc[0] == predictor.classes[int(np.argmax(expected))]
-    assert f"fold-{fold} model, which never saw this image" in texts(at)
+    assert f"fold-{fold} model, which did not train on this image" in texts(at)
     # Grad-CAM overlay, mask energy (synthetic), both shown without any button
     assert any(m.label.startswith("Share of the Grad-CAM") for m in at.metric)
     share = next(m for m in at.metric if m.label.startswith("Share")).value
@@ -287,6 +287,21 @@ def test_odd_but_valid_uploads_are_explained_with_the_fold_average(env, mode):
     assert top["probability"].sum() <= 1.0 + 1e-6
     assert top["probability"].iloc[0] == pytest.approx(expected.max(), abs=1e-4)
     assert "average of the 2 fold models (an upload belongs to no fold)" in texts(at)
+
+
+def test_first_start_generates_the_built_in_synthetic_data_set(fresh_home, monkeypatch):
+    """No BMTEACH_DATA and no setting: the home page draws the default data set (here 1 cell per class)."""
+    from bmteach import synth
+
+    for name in (settings.DATA_ENV, settings.RUN_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(synth, "DEFAULT_PER_CLASS", 1)
+    at = run_page(HOME)
+    assert synth.is_synthetic(fresh_home / "data" / "synthetic")
+    assert frame(at, "active data set")["active data set"].tolist() == [1] * len(ABBRS)
+    assert any("badge[" in m.value and "synthetic" in m.value for m in at.sidebar.markdown)
+    if not settings.trained_folds(DEMO_RUN):
+        assert "No demo model is installed yet" in texts(at) + "".join(w.value for w in at.sidebar.warning)
 
 
 # --- the shipped defaults -----------------------------------------------------------------------------------
