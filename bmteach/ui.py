@@ -18,7 +18,7 @@ from PIL import Image
 
 from bmteach import settings as cfg
 from bmteach.atlas import class_counts, page_of
-from bmteach.classes import ABBRS, BY_ABBR, class_name
+from bmteach.classes import ABBRS, class_name
 from bmteach.errors import UserError
 
 APP_NAME = "bmteach"
@@ -137,13 +137,16 @@ def render_sidebar(active: Active) -> None:
         st.markdown("**Data set**")
         if active.synthetic:
             st.badge("synthetic", color="orange", icon=":material/science:")
-        st.caption(f"{_data_label(active)} · {active.data.source}")
+        st.caption(f"{_data_label(active)} · {SOURCES[active.data.source].format(cfg.DATA_ENV)}")
         if active.data_error:
             st.error(active.data_error)
         st.markdown("**Model**")
-        st.caption(f"{active.run.path.name} · {active.run.source}")
+        st.caption(f"{active.run.path.name} · {SOURCES[active.run.source].format(cfg.RUN_ENV)}")
         if active.run_error:
             st.warning(active.run_error)
+
+
+SOURCES = {"env": "set by {}", "setting": "instructor setting", "default": "default"}
 
 
 def _data_label(active: Active) -> str:
@@ -168,9 +171,12 @@ def folder_stamp(path: str | Path) -> float:
 
 
 def run_stamp(run_dir: str | Path) -> tuple:
-    """Changes when any fold checkpoint or the run's metrics change (cache key for predictors)."""
+    """Changes when a fold checkpoint or the run's manifest changes (cache key for predictors and their maps)."""
     run = Path(run_dir)
-    files = sorted(run.glob("fold*/model.pt")) + [run / "metrics.json", run / "manifest.csv"]
+    return _mtimes(sorted(run.glob("fold*/model.pt")) + [run / "manifest.csv"])
+
+
+def _mtimes(files) -> tuple:
     return tuple((str(p), p.stat().st_mtime) for p in files if p.is_file())
 
 
@@ -232,7 +238,7 @@ def _run_json(run_dir: str, stamp: tuple, name: str) -> dict | None:
 
 def run_metrics(active: Active) -> dict | None:
     """run/metrics.json (the `metrics --json` format) or None when the run has not been evaluated."""
-    return _run_json(active.run_dir, run_stamp(active.run_dir), "metrics.json")
+    return _run_json(active.run_dir, _mtimes([Path(active.run_dir) / "metrics.json"]), "metrics.json")
 
 
 @st.cache_data(max_entries=8)
@@ -246,7 +252,7 @@ def _run_manifest_counts(run_dir: str, stamp: tuple) -> dict[str, int] | None:
 
 
 def run_manifest_counts(active: Active) -> dict[str, int] | None:
-    return _run_manifest_counts(active.run_dir, run_stamp(active.run_dir))
+    return _run_manifest_counts(active.run_dir, _mtimes([Path(active.run_dir) / "manifest.csv"]))
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
