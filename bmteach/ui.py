@@ -262,13 +262,19 @@ def read_data_bytes(data_dir: str, relpath: str) -> bytes:
     return safe_join(data_dir, relpath).read_bytes()
 
 
-@st.cache_data(max_entries=512, show_spinner=False)
+MAX_SIDE = 1024  # larger uploads are shrunk once: the models see 128-250 px and the page shows ~300 px
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
 def decode_image(image_bytes: bytes, name: str = "The image") -> Image.Image:
     """Any odd format -> RGB (data.load_image); a bad file raises BadImageError, one sentence naming `name`."""
     from bmteach.data import load_image
     buffer = io.BytesIO(image_bytes)
     buffer.name = name  # load_image names the file in its error sentence
-    return load_image(buffer)
+    image = load_image(buffer)
+    if max(image.size) > MAX_SIDE:
+        image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+    return image
 
 
 def image_key(image_bytes: bytes) -> str:

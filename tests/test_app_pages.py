@@ -304,6 +304,15 @@ def test_first_start_generates_the_built_in_synthetic_data_set(fresh_home, monke
         assert "No demo model is installed yet" in texts(at) + "".join(w.value for w in at.sidebar.warning)
 
 
+def test_a_large_photo_upload_is_shrunk_once_and_explained(env):
+    buf = io.BytesIO()
+    Image.new("RGB", (3000, 2000), (180, 120, 200)).save(buf, "JPEG")
+    at = _upload(run_page(EXPLAIN), "photo.jpg", buf.getvalue(), "image/jpeg")
+    assert not at.error
+    top = _top_table(at)
+    assert len(top) == 5 and top["probability"].sum() <= 1.0 + 1e-6
+
+
 # --- the shipped defaults -----------------------------------------------------------------------------------
 
 @pytest.mark.slow
