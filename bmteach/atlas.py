@@ -112,9 +112,10 @@ def lineage_figure(selected: str | None = None, height: int = 460):
     for x, label in ((1.5, "granulopoiesis"), (4.7, "mono"), (5.7, "erythro"), (7.0, "lympho"), (9.0, "others")):
         fig.add_annotation(x=x, y=-0.6, text=label, showarrow=False, font=dict(size=11, color="#666"))
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), clickmode="event+select",
-                      dragmode=False, plot_bgcolor="rgba(0,0,0,0)")
-    fig.update_xaxes(visible=False, range=[-0.3, 10])
-    fig.update_yaxes(visible=False, autorange="reversed")
+                      plot_bgcolor="rgba(0,0,0,0)")
+    # fixed axes: a drag never zooms the tree away; a click on a marker selects its class
+    fig.update_xaxes(visible=False, range=[-0.3, 10], fixedrange=True)
+    fig.update_yaxes(visible=False, range=[6.6, -0.9], fixedrange=True)
     return fig
 
 
