@@ -182,9 +182,8 @@ def paper_table(path: str | Path = PAPER_TABLE_CSV) -> pd.DataFrame:
 
 
 def model_vs_paper(metrics: Mapping | None, paper: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per class, the run's strict/tolerant precision/recall (from metrics.json) beside the paper's.
-
-    Classes the run has no numbers for get NaN (shown as blank)."""
+    """Per class, the run's strict/tolerant precision/recall (from metrics.json, with the sd over folds when
+    it has one) beside the paper's. Classes the run has no numbers for get NaN (shown as blank)."""
     paper = paper if paper is not None else paper_table()
     per_class = (metrics or {}).get("classes", {})
     rows = []
@@ -194,6 +193,7 @@ def model_vs_paper(metrics: Mapping | None, paper: pd.DataFrame | None = None) -
         for mode in ("strict", "tolerant"):
             for stat in ("precision", "recall"):
                 row[f"model {mode} {stat}"] = _number(mine.get(mode, {}).get(stat))
+                row[f"model {mode} {stat} sd"] = _number(mine.get(mode, {}).get(f"{stat}_sd"))
                 row[f"paper {mode} {stat}"] = float(paper.loc[a, f"{mode}_{stat}"]) if a in paper.index else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
@@ -212,7 +212,8 @@ def precision_recall_rows(row: Mapping) -> pd.DataFrame:
     """One class's numbers as two rows (strict, tolerant) x model/paper precision/recall, for a small table."""
     return pd.DataFrame([
         {"evaluation": mode,
-         "model precision": row[f"model {mode} precision"], "model recall": row[f"model {mode} recall"],
+         "model precision": row[f"model {mode} precision"], "model precision sd": row[f"model {mode} precision sd"],
+         "model recall": row[f"model {mode} recall"], "model recall sd": row[f"model {mode} recall sd"],
          "paper precision": row[f"paper {mode} precision"], "paper recall": row[f"paper {mode} recall"]}
         for mode in ("strict", "tolerant")
     ])

@@ -105,8 +105,9 @@ def test_model_vs_paper_puts_run_numbers_beside_the_paper():
 
 
 def test_precision_recall_rows_for_one_class():
-    metrics = {"classes": {"NGB": {"strict": {"precision": 0.4, "recall": 0.6},
+    metrics = {"classes": {"NGB": {"strict": {"precision": 0.4, "recall": 0.6, "precision_sd": 0.1},
                                    "tolerant": {"precision": 0.9, "recall": 0.8}}}}
     rows = atlas.precision_recall_rows(atlas.class_row(atlas.model_vs_paper(metrics), "NGB")).set_index("evaluation")
     assert rows.loc["strict", "model precision"] == 0.4 and rows.loc["tolerant", "model recall"] == 0.8
     assert rows.loc["strict", "paper precision"] == 0.54 and rows.loc["tolerant", "paper recall"] == 0.91
+    assert rows.loc["strict", "model precision sd"] == 0.1 and math.isnan(rows.loc["tolerant", "model recall sd"])
