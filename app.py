@@ -24,10 +24,11 @@ with left:
     st.subheader("Data set")
     if active.synthetic:
         st.badge("synthetic", color="orange")
-        st.write("Built-in **synthetic** cells drawn by bmteach (no real patient images). "
-                 "They follow the real classes' textbook features but are much easier than real cells.")
+        st.write("**Synthetic** cells drawn by bmteach's generator, not real patients' cells. They follow "
+                 "each class's textbook features; real cells vary far more.")
     if not active.data.is_default:
-        st.write(f"`{active.data_dir}` (from {'BMTEACH_DATA' if active.data.source == 'env' else 'the instructor setting'})")
+        origin = "BMTEACH_DATA" if active.data.source == "env" else "the instructor setting"
+        st.write(f"`{active.data_dir}` (from {origin})")
     if active.data_error:
         st.error(active.data_error)
 with right:

@@ -212,8 +212,10 @@ def precision_recall_rows(row: Mapping) -> pd.DataFrame:
     """One class's numbers as two rows (strict, tolerant) x model/paper precision/recall, for a small table."""
     return pd.DataFrame([
         {"evaluation": mode,
-         "model precision": row[f"model {mode} precision"], "model precision sd": row[f"model {mode} precision sd"],
-         "model recall": row[f"model {mode} recall"], "model recall sd": row[f"model {mode} recall sd"],
+         "model precision": row[f"model {mode} precision"],
+         "model precision sd": row[f"model {mode} precision sd"],
+         "model recall": row[f"model {mode} recall"],
+         "model recall sd": row[f"model {mode} recall sd"],
          "paper precision": row[f"paper {mode} precision"], "paper recall": row[f"paper {mode} recall"]}
         for mode in ("strict", "tolerant")
     ])
