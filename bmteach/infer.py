@@ -119,6 +119,11 @@ class Predictor:
     def folds(self) -> list[int]:
         return sorted(self._models)
 
+    @property
+    def data_paths(self) -> list[str]:
+        """The data-set images of the run's manifest (relative paths), in sorted order; empty without one."""
+        return sorted(self._fold_by_path)
+
     def fold_of(self, relpath: str | Path) -> int | None:
         """The fold a data-set image (path relative to the data root) was held out in; None when unknown."""
         return self._fold_by_path.get(_normalise_relpath(relpath))
@@ -158,6 +163,13 @@ class Predictor:
                 probs = torch.stack([torch.softmax(m(x).float(), dim=1) for m in models]).mean(0)
                 out.append(probs.cpu().numpy())
         return np.concatenate(out)
+
+    def honest_proba(self, image: Image.Image, relpath: str | Path | None = None) -> tuple[np.ndarray, int | None]:
+        """(C,) probabilities from no model that trained on this image, and the fold used: a data-set image of
+        the run goes to the fold model that held it out; an upload (or an image outside the run's manifest)
+        gets the fold models' average (fold None)."""
+        fold = self.fold_of(relpath) if relpath is not None else None
+        return self.predict_proba([image], fold=fold)[0], fold
 
     def features(self, images: list[Image.Image], fold: int | None = None,
                  batch_size: int = BATCH_SIZE) -> np.ndarray:

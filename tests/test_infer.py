@@ -185,3 +185,15 @@ def test_concurrent_predictions_equal_serial_ones(run):
     assert not errors and len(results) == 20
     for r in results:
         np.testing.assert_allclose(r, expected, atol=1e-6)
+
+
+def test_honest_proba_picks_the_held_out_fold_or_averages(run):
+    p = Predictor.from_run(run, device="cpu")
+    im = images(1)[0]
+    probs, fold = p.honest_proba(im, "LYT/LYT_00002.jpg")        # held out in fold 1
+    assert fold == 1
+    np.testing.assert_allclose(probs, p.predict_proba([im], fold=1)[0])
+    probs, fold = p.honest_proba(im)                              # an upload
+    assert fold is None
+    np.testing.assert_allclose(probs, p.predict_proba([im])[0])
+    assert p.data_paths == sorted(PATHS)
