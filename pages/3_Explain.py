@@ -32,7 +32,8 @@ if source == "From the data set":
     counts = ui.data_counts(active)
     c1, c2 = st.columns([1, 2])
     with c1:
-        abbr = ui.class_picker("Class", key="explain_class", default="MYB", counts=counts)
+        present = [a for a, n in counts.items() if n > 0]  # only classes this data set has images of
+        abbr = ui.class_picker("Class", key="explain_class", default="MYB", options=present, counts=counts)
     with c2:
         relpath = ui.image_picker(active, abbr, key="explain_pick")
     if relpath is None:
