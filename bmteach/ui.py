@@ -200,6 +200,16 @@ def data_counts(active: Active) -> dict[str, int]:
     return _counts(active.data_dir, folder_stamp(active.data_dir))
 
 
+def require_counts(active: Active) -> dict[str, int]:
+    """Images per class of the active data set; stops the page with one sentence when it cannot be indexed."""
+    require_data(active)
+    try:
+        return data_counts(active)
+    except UserError as exc:
+        st.error(str(exc))
+        st.stop()
+
+
 @st.cache_data(max_entries=64)
 def _paths_of_class(data_dir: str, stamp: float, abbr: str) -> list[str]:
     return sorted(p for p, a in _index(data_dir, stamp).items if a == abbr)

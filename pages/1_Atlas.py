@@ -3,18 +3,11 @@ import streamlit as st
 
 from bmteach import atlas, ui
 from bmteach.classes import BY_ABBR
-from bmteach.errors import UserError
 
 active = ui.setup_page("Atlas", icon="📖")
 st.title("Atlas of the 21 classes")
-ui.require_data(active)
-
+counts = ui.require_counts(active)
 teaching = ui.teaching_text()
-try:
-    counts = ui.data_counts(active)
-except UserError as exc:
-    st.error(str(exc))
-    st.stop()
 
 
 def _on_tree_click():

@@ -13,7 +13,7 @@ from bmteach.explain import mask_energy, overlay
 
 active = ui.setup_page("Explain", icon="🔍")
 st.title("What does the model look at?")
-ui.require_data(active)
+counts = ui.require_counts(active)
 if not active.has_run:
     st.warning(active.run_error)
     st.stop()
@@ -29,7 +29,6 @@ classes = model.classes
 source = st.radio("Image", ["From the data set", "Upload your own"], horizontal=True, key="explain_source")
 relpath, synthetic = None, False
 if source == "From the data set":
-    counts = ui.data_counts(active)
     c1, c2 = st.columns([1, 2])
     with c1:
         present = [a for a, n in counts.items() if n > 0]  # only classes this data set has images of

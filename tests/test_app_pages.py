@@ -318,6 +318,15 @@ def test_a_large_photo_upload_is_shrunk_once_and_explained(env):
     assert len(top) == 5 and top["probability"].sum() <= 1.0 + 1e-6
 
 
+@pytest.mark.parametrize("page", [HOME, ATLAS, EXPLAIN])
+def test_a_data_folder_without_images_is_one_sentence_on_every_page(env, page, tmp_path, monkeypatch):
+    (tmp_path / "empty" / "NGS").mkdir(parents=True)
+    (tmp_path / "empty" / "NGS" / "notes.txt").write_text("no images here")
+    monkeypatch.setenv(settings.DATA_ENV, str(tmp_path / "empty"))
+    at = run_page(page)
+    assert len(at.error) == 1 and "No usable images" in at.error[0].value
+
+
 # --- the shipped defaults -----------------------------------------------------------------------------------
 
 @pytest.mark.slow
