@@ -71,7 +71,9 @@ with st.expander("Instructor settings", expanded=False):
             st.info("BMTEACH_DATA or BMTEACH_RUN is set for this server: it wins over the settings saved here.")
         data_in = st.text_input("Data folder (empty = built-in synthetic cells)", value=saved.data_dir or "",
                                 key="setting_data")
-        run_in = st.text_input("Run folder (empty = models/demo)", value=saved.run_dir or "", key="setting_run")
+        runs = cfg.known_runs()
+        run_in = st.text_input("Run folder (empty = models/demo)", value=saved.run_dir or "", key="setting_run",
+                               help="Trained runs found: " + (", ".join(str(r) for r in runs) or "none yet"))
         if st.button("Save settings", key="save_settings"):
             try:
                 cfg.save_choices(data_in, run_in)

@@ -127,6 +127,17 @@ def trained_folds(run_dir: str | Path) -> list[int]:
     return sorted(folds)
 
 
+def known_runs() -> list[Path]:
+    """Trained runs an instructor may pick without typing a path: models/* and BMTEACH_HOME/runs/*."""
+    from bmteach.storage import MODELS_DIR, runs_dir
+
+    found = []
+    for parent in (MODELS_DIR, runs_dir()):
+        if parent.is_dir():
+            found += [p for p in sorted(parent.iterdir()) if p.is_dir() and trained_folds(p)]
+    return found
+
+
 # --- what is active -------------------------------------------------------------------------------------
 
 def active_data_dir(settings: Settings | None = None) -> Choice:

@@ -124,3 +124,12 @@ def test_secret_lookup_survives_a_secrets_object_that_raises(clean_env, monkeypa
 ])
 def test_check_secret(given, expected, ok):
     assert settings.check_secret(given, expected) is ok
+
+
+def test_known_runs_lists_trained_runs_under_home(clean_env):
+    from bmteach.storage import runs_dir
+    make_run(runs_dir() / "b")
+    make_run(runs_dir() / "a", folds=(2,))
+    (runs_dir() / "untrained" / "fold0").mkdir(parents=True)
+    found = [p for p in settings.known_runs() if p.parent == runs_dir()]
+    assert [p.name for p in found] == ["a", "b"]
