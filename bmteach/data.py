@@ -210,12 +210,17 @@ def _open_checked(data: bytes, what: str, max_pixels: int, max_side: int) -> Ima
 
 def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int | None = DEFAULT_MAX_BYTES,
                max_side: int = DEFAULT_MAX_SIDE) -> Image.Image:
-    """A path, bytes or file-like (e.g. a Streamlit upload) -> a fully decoded PIL RGB image.
+    """A path, bytes, file-like (e.g. a Streamlit upload) or PIL image -> a fully decoded PIL RGB image.
 
     Any mode (grey, 16-bit, float, palette, RGBA composited on white, CMYK, 1-bit); the first frame of a
     multi-frame file; EXIF orientation applied. Empty, text, SVG/HTML, truncated or corrupt files, files over
     max_bytes and images over max_pixels raise BadImageError with one sentence for the user.
     """
+    if isinstance(source, Image.Image):  # already decoded (e.g. by a caller's own loader): just normalise
+        w, h = source.size
+        if w * h > max_pixels or max(w, h) > max_side:
+            raise BadImageError(f"The image is {w}x{h} pixels: too large to use (limit {max_pixels:,} pixels).")
+        return to_rgb(source)
     what = _describe(source)
     data = _read_source(source, max_bytes)
     if not data:

@@ -129,6 +129,13 @@ def test_paths_bytes_and_file_likes(tmp_path):
         assert im.size == (5, 4) and im.getpixel((0, 0)) == (1, 2, 3)
 
 
+def test_pil_images_are_normalised_too():
+    rgba = Image.new("RGBA", (2, 2), (0, 0, 0, 0))
+    assert pixels(load_image(rgba))[0, 0].tolist() == [255, 255, 255]
+    with pytest.raises(BadImageError, match="too large"):
+        load_image(Image.new("L", (100, 100)), max_pixels=100)
+
+
 def test_result_is_fully_decoded_and_detached(tmp_path):
     path = tmp_path / "cell.jpg"
     path.write_bytes(encode(Image.new("RGB", (8, 8), (90, 90, 90)), "JPEG"))
