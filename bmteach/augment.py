@@ -48,13 +48,14 @@ def rgb_to_stains(rgb: torch.Tensor) -> torch.Tensor:
 
     Optical density uses (255*I + 1) / 256 so that black pixels stay finite and the map is exactly invertible.
     """
-    od = -torch.log((rgb.double() * 255.0 + 1.0) / 256.0)
-    return torch.einsum("...chw,cs->...shw", od, STAIN_MATRIX_INV)
+    rgb = rgb if rgb.is_floating_point() else rgb.float()
+    od = -torch.log((rgb * 255.0 + 1.0) / 256.0)
+    return torch.einsum("...chw,cs->...shw", od, STAIN_MATRIX_INV.to(rgb.dtype))
 
 
 def stains_to_rgb(stains: torch.Tensor) -> torch.Tensor:
-    """The inverse of `rgb_to_stains`, clipped to [0, 1] (float64)."""
-    od = torch.einsum("...shw,sc->...chw", stains, STAIN_MATRIX)
+    """The inverse of `rgb_to_stains`, clipped to [0, 1] (same dtype)."""
+    od = torch.einsum("...shw,sc->...chw", stains, STAIN_MATRIX.to(stains.dtype))
     return ((256.0 * torch.exp(-od) - 1.0) / 255.0).clamp(0.0, 1.0)
 
 
@@ -62,8 +63,8 @@ def perturb_stains(rgb: torch.Tensor, alpha, beta) -> torch.Tensor:
     """Scale and shift the haematoxylin and eosin components: c' = alpha * c + beta; alpha=(1,1), beta=(0,0)
     gives back the image. `rgb` is float in [0, 1]; the result has its dtype."""
     stains = rgb_to_stains(rgb)
-    a = torch.tensor([alpha[0], alpha[1], 1.0], dtype=torch.float64).view(3, 1, 1)
-    b = torch.tensor([beta[0], beta[1], 0.0], dtype=torch.float64).view(3, 1, 1)
+    a = torch.tensor([alpha[0], alpha[1], 1.0], dtype=stains.dtype).view(3, 1, 1)
+    b = torch.tensor([beta[0], beta[1], 0.0], dtype=stains.dtype).view(3, 1, 1)
     return stains_to_rgb(stains * a + b).to(rgb.dtype)
 
 
@@ -91,7 +92,7 @@ class StainAugment(v2.Transform):
         if not isinstance(inpt, torch.Tensor) or inpt.ndim < 3 or inpt.shape[-3] != 3:
             return inpt
         if inpt.dtype == torch.uint8:
-            out = perturb_stains(inpt.double() / 255.0, params["alpha"], params["beta"])
+            out = perturb_stains(inpt.float() / 255.0, params["alpha"], params["beta"])
             return (out * 255.0).round().to(torch.uint8)
         return perturb_stains(inpt, params["alpha"], params["beta"])
 

@@ -186,8 +186,9 @@ def make_loader(dataset: Dataset, sampler: Sampler | None, batch_size: int, devi
 
 
 def default_workers(device: torch.device) -> int:
-    """GPU: enough workers to keep it fed; CPU: decode in the main process (the cores are busy training)."""
-    return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+    """GPU: most cores decode and augment (the GPU outruns a few of them); CPU: decode in the main process
+    (the cores are busy training)."""
+    return max(1, min(16, (os.cpu_count() or 2) - 2)) if device.type == "cuda" else 0
 
 
 # --- one fold ----------------------------------------------------------------------------------------------
