@@ -19,7 +19,8 @@ from bmteach.__main__ import main
 from bmteach.data import read_manifest
 from bmteach.errors import UserError
 from bmteach.models import load_checkpoint
-from bmteach.runs import LOCK_NAME, RunLock, lock_owner, open_run, read_progress
+from bmteach.runs import (LOCK_NAME, RunLock, launch_training, lock_owner, open_run, read_log, read_progress,
+                          stop_training)
 from bmteach.train import (TrainConfig, build_or_read_manifest, plan_parallel_folds, run_training, split_fold)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -149,27 +150,42 @@ def test_resume_after_a_stop_is_bit_identical(tiny_data, tmp_path):
     assert not state_dicts_equal(whole / "fold0" / "model.pt", other / "fold0" / "model.pt")
 
 
-def test_killed_training_process_resumes_to_the_same_model(tiny_data, tmp_path):
+def test_killed_training_process_resumes_to_the_same_model(tiny_data, tmp_path, monkeypatch):
     args = ["--num-folds", "2", "--folds", "0", "--epochs", "6", "--per-class", "40"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert train_cli(tiny_data, whole, *args) == 0
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-c", "import torch,sys; torch.set_num_threads(1); from bmteach.__main__ import main; "
-           "sys.exit(main(sys.argv[1:]))", "train", "--data", str(tiny_data), "--out", str(killed), *TINY, *args]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the child: one thread, like the tests
+    # launched the way the app's Training page does it
+    proc = launch_training(killed, data=tiny_data, folds=[0], epochs=6, per_class=40, image_size=32,
+                           extra=("--num-folds", "2", "--batch-size", "8", "--lr", "0.003"))
     try:
         deadline = time.time() + 60
         while not (killed / "fold0" / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
-        assert proc.poll() is None, "training finished before it could be killed"
+        assert proc.poll() is None, read_log(killed)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
     assert lock_owner(killed) is None and (killed / LOCK_NAME).exists()   # a stale lock of a dead process
     assert not (killed / "fold0" / "model.pt").exists()
+    assert open_run(killed).fold_status(0).state == "stopped"
     assert train_cli(tiny_data, killed, "--resume") == 0                   # takes the stale lock over
     assert state_dicts_equal(whole / "fold0" / "model.pt", killed / "fold0" / "model.pt")
     assert not (killed / LOCK_NAME).exists()
+
+
+def test_stop_training_signals_the_lock_owner(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    assert stop_training(out) is False                                      # nothing runs
+    owner = subprocess.Popen(["sleep", "30"])
+    try:
+        (out / LOCK_NAME).write_text(json.dumps({"pid": owner.pid}))
+        assert stop_training(out) is True
+        assert owner.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        owner.kill()
+        owner.wait()
 
 
 # --- the lock, errors, status ------------------------------------------------------------------------------
