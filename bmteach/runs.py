@@ -93,6 +93,16 @@ class RunLock:
 
 # --- reading a run -----------------------------------------------------------------------------------------
 
+def fold_is_complete(fold_dir: str | Path) -> bool:
+    """A finished fold: meta.json says complete, and model.pt and oof.csv are there."""
+    fold_dir = Path(fold_dir)
+    try:
+        complete = bool(read_json(fold_dir / "meta.json").get("complete"))
+    except (OSError, ValueError, AttributeError):
+        return False
+    return complete and (fold_dir / "model.pt").is_file() and (fold_dir / "oof.csv").is_file()
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """JSON lines, skipping a half-written last line (the writer may be mid-append)."""
     records = []
@@ -163,9 +173,7 @@ class Run:
             return None
 
     def fold_complete(self, fold: int) -> bool:
-        d = self.fold_dirs[fold]
-        meta = self.fold_meta(fold) or {}
-        return bool(meta.get("complete")) and (d / "model.pt").is_file() and (d / "oof.csv").is_file()
+        return fold_is_complete(self.fold_dirs[fold])
 
     def complete_folds(self) -> list[int]:
         return [k for k in self.fold_dirs if self.fold_complete(k)]

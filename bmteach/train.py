@@ -33,14 +33,14 @@ from bmteach.classes import ABBRS
 from bmteach.errors import CheckpointError, UserError
 from bmteach.models import (DATASET_MEAN, DATASET_STD, DEFAULT_IMAGE_SIZE, MODEL_NAMES, CellNet, ModelMeta,
                             create_model, pick_device, save_checkpoint)
-from bmteach.runs import PARENT_LOCK_ENV, RunLock, open_run
-from bmteach.storage import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from bmteach.runs import PARENT_LOCK_ENV, RunLock, fold_is_complete, open_run
+from bmteach.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 # Per-model defaults: batch size and peak learning rate of the one-cycle schedule (AdamW).
 DEFAULT_BATCH = {"sequential": 64, "resnext50": 64}
 DEFAULT_LR = {"sequential": 3e-3, "resnext50": 1e-3}
 # Seed "purposes", so model init, augmentation and sampling draw independent streams.
-_INIT, _AUGMENT, _SAMPLER = 1, 2, 3
+_INIT, _AUGMENT, _SAMPLER, _EPOCH = 1, 2, 3, 4
 
 
 @dataclass
@@ -383,7 +383,7 @@ def train_fold(cfg: TrainConfig, run_dir: Path, root: Path, manifest: pd.DataFra
     bar = _progress_bar(fold, cfg.epochs, len(loader), state.epoch) if dist.main else None
     try:
         while state.epoch < cfg.epochs:
-            torch.manual_seed(derive_seed(cfg.seed, fold, state.epoch, _INIT))  # dropout etc.
+            torch.manual_seed(derive_seed(cfg.seed, fold, state.epoch, _EPOCH))  # dropout etc.
             sampler.set_epoch(state.epoch)
             loss, acc = train_one_epoch(state, loader, device, log, state.epoch, cfg.finetune, bar, dist.world_size)
             state.epoch += 1
@@ -432,12 +432,7 @@ def _progress_bar(fold: int, epochs: int, steps: int, done_epochs: int):
 # --- the whole run -----------------------------------------------------------------------------------------
 
 def fold_complete(run_dir: Path, fold: int) -> bool:
-    d = run_dir / f"fold{fold}"
-    try:
-        return bool(read_json(d / "meta.json").get("complete")) and (d / "model.pt").is_file() \
-            and (d / "oof.csv").is_file()
-    except (OSError, ValueError):
-        return False
+    return fold_is_complete(run_dir / f"fold{fold}")
 
 
 def prepare_run(cfg: TrainConfig, run_dir: Path, manifest: pd.DataFrame, resume: bool) -> None:

@@ -1,7 +1,6 @@
 """Augmentation: the paper's geometry, stain augmentation and class balancing, with known answers."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
