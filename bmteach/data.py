@@ -362,12 +362,14 @@ class _Scanner:
 
     def __init__(self, root: Path, verify: bool):
         self.root, self.verify = root, verify
-        self.root_prefix = str(root) + os.sep
+        self.root_prefix = os.path.join(str(root), "")  # "/data/" (and "/" for the root itself)
         self.items: list[tuple[str, str]] = []
         self.skipped: list[tuple[str, str]] = []
 
     def rel(self, path: str) -> str:
-        return PurePosixPath(Path(path).relative_to(self.root)).as_posix()
+        # Every scanned path starts with root + os.sep (scandir joins names onto it): slicing is enough.
+        rel = path[len(self.root_prefix):]
+        return rel.replace(os.sep, "/") if os.sep != "/" else rel
 
     def link_leaves_root(self, entry: os.DirEntry) -> bool:
         target = os.path.realpath(entry.path)
