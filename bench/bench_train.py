@@ -26,9 +26,9 @@ from bmteach.augment import train_transform  # noqa: E402
 from bmteach.models import DATASET_MEAN, DATASET_STD, create_model  # noqa: E402
 
 # The demo run (docs/demo-run.md): keep these in step with that page.
-DEMO = {"epochs": 12, "per_class": 80, "folds": 5, "classes": 21, "image_size": 128, "batch": 64}
-DEMO_COMMAND = ("python -m bmteach train --data default --model sequential --epochs {epochs} "
-                "--per-class {per_class} --out {out}")
+DEMO = {"epochs": 10, "per_class": 40, "folds": 5, "classes": 21, "image_size": 96, "batch": 64}
+DEMO_COMMAND = ("python -m bmteach train --data default --model sequential --image-size {image_size} "
+                "--epochs {epochs} --per-class {per_class} --out {out}")
 
 
 def model_images_per_s(image_size: int, batch: int, steps: int) -> float:
@@ -87,8 +87,12 @@ def main() -> None:
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     size, batch = DEMO["image_size"], DEMO["batch"]
+    for other in (128, 64):  # the model's default size, and a smaller one, for reference
+        rate = model_images_per_s(other, batch, args.steps)
+        print(f"sequential model, {other} px, batch {batch}: {rate:.0f} training images/s (network only)")
     model_rate = model_images_per_s(size, batch, args.steps)
-    print(f"sequential model, {size} px, batch {batch}: {model_rate:.0f} training images/s (network only)")
+    print(f"sequential model, {size} px (the demo's size), batch {batch}: {model_rate:.0f} training images/s "
+          "(network only)")
     aug_rate = augment_images_per_s(size, 200)
     print(f"JPEG decode + training augmentation at {size} px: {aug_rate:.0f} images/s (one process)")
     pipeline = 1.0 / (1.0 / model_rate + 1.0 / aug_rate)   # loading in the main process, as on CPU
