@@ -613,12 +613,12 @@ def cli_train(args) -> int:
             raise UserError("--parallel-folds and torchrun do not mix: use one or the other.")
         if device.type != "cuda":
             raise UserError("--parallel-folds needs CUDA GPUs; none is available.")
+    root = resolve_data_root(args.data) if dist.main else None  # before the lock: a typo leaves no folder
     lock = RunLock(run_dir) if dist.main else None
     try:
         if lock is not None:
             lock.acquire()
         if dist.main:
-            root = resolve_data_root(args.data)
             if resume:
                 cfg = resumed_config(run_dir, args)
                 manifest = read_run_manifest(run_dir)
@@ -628,8 +628,8 @@ def cli_train(args) -> int:
                 check_folds(cfg.folds, manifest, cfg.num_folds)
                 prepare_run(cfg, run_dir, manifest, resume=False)
         _barrier(dist)
-        if not dist.main:  # the other ranks read what rank 0 prepared
-            root = resolve_data_root(args.data) if args.data != "default" else Path(open_run(run_dir).config["data_root"])
+        if not dist.main:  # the other ranks read what rank 0 prepared (the default data set exists by now)
+            root = resolve_data_root(args.data)
             cfg = resumed_config(run_dir, args)
             manifest = read_run_manifest(run_dir)
         if cfg.finetune == "head" and not cfg.pretrained and dist.main:
@@ -640,7 +640,7 @@ def cli_train(args) -> int:
                 write_run_oof(run_dir, manifest, cfg.num_folds)
                 status = evaluate_if_available(run_dir)
             return status
-        # A new run has no interrupted folds, so resume=True only matters for an existing run with --resume.
+        # resume=True: a new run has nothing to resume, and an existing one got here only with --resume.
         child = bool(os.environ.get(PARENT_LOCK_ENV))
         return run_training(cfg, run_dir, manifest, root, device, args.workers, resume=True, dist=dist,
                             finalize=not child)

@@ -224,6 +224,7 @@ def test_bad_arguments_are_one_clear_sentence(tiny_data, tmp_path, capsys, extra
 def test_missing_data_and_missing_gpu(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
     assert "Data folder not found" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()                               # a typo leaves no half-made run
     if not torch.cuda.is_available():
         assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--device", "cuda"]) == 2
         assert "no GPU" in capsys.readouterr().err
