@@ -566,16 +566,25 @@ def parse_folds(text: str | None, num_folds: int) -> list[int]:
     return sorted(set(folds))
 
 
-def config_from_args(args, root: Path) -> TrainConfig:
+def check_args(args) -> None:
+    """Mistakes on the command line, caught before any indexing or writing."""
     if args.model not in MODEL_NAMES:
         raise UserError(f"Unknown model {args.model!r}: choose one of {', '.join(MODEL_NAMES)}.")
     if args.epochs < 1:
         raise UserError("--epochs must be at least 1.")
     if args.per_class is not None and args.per_class < 1:
         raise UserError("--per-class must be at least 1.")
+    if args.num_folds < 2:
+        raise UserError("--num-folds must be at least 2.")
+    parse_folds(args.folds, args.num_folds)
+
+
+def config_from_args(args, root: Path, manifest: pd.DataFrame) -> TrainConfig:
+    """The run's config from the command line; a given manifest decides the number of folds."""
+    num_folds = int(manifest["fold"].max()) + 1 if args.manifest else args.num_folds
     return TrainConfig(
         model=args.model, data_root=str(root), image_size=args.image_size or DEFAULT_IMAGE_SIZE[args.model],
-        num_folds=args.num_folds, folds=parse_folds(args.folds, args.num_folds), epochs=args.epochs,
+        num_folds=num_folds, folds=parse_folds(args.folds, num_folds), epochs=args.epochs,
         per_class=args.per_class, batch_size=args.batch_size or DEFAULT_BATCH[args.model],
         lr=args.lr or DEFAULT_LR[args.model], seed=args.seed, finetune=args.finetune, pretrained=args.pretrained,
         manifest_source=str(Path(args.manifest).resolve()) if args.manifest else "index")
@@ -606,6 +615,7 @@ def cli_train(args) -> int:
     device = pick_device(args.device)
     if dist.world_size > 1:
         device = init_distributed(dist, device)
+    check_args(args)
     run_dir = Path(args.out).expanduser().resolve()
     resume = args.resume and (run_dir / "config.json").is_file()
     if args.parallel_folds:
@@ -623,8 +633,8 @@ def cli_train(args) -> int:
                 cfg = resumed_config(run_dir, args)
                 manifest = read_run_manifest(run_dir)
             else:
-                cfg = config_from_args(args, root)
-                manifest = build_or_read_manifest(root, args.manifest, cfg.num_folds, cfg.seed)
+                manifest = build_or_read_manifest(root, args.manifest, args.num_folds, args.seed)
+                cfg = config_from_args(args, root, manifest)
                 check_folds(cfg.folds, manifest, cfg.num_folds)
                 prepare_run(cfg, run_dir, manifest, resume=False)
         _barrier(dist)

@@ -102,9 +102,11 @@ def test_folds_are_disjoint_and_complete(tiny_data):
 
 
 def test_every_image_is_predicted_exactly_once(tiny_data, tmp_path):
-    out = tmp_path / "run"
-    assert train_cli(tiny_data, out, "--num-folds", "3", "--epochs", "1", "--per-class", "4") == 0
+    out, given = tmp_path / "run", tmp_path / "manifest.csv"
+    assert main(["index", str(tiny_data), "--folds", "3", "--seed", "2", "--out", str(given)]) == 0
+    assert train_cli(tiny_data, out, "--manifest", str(given), "--epochs", "1", "--per-class", "4") == 0
     manifest = read_manifest(out / "manifest.csv")
+    assert manifest.equals(read_manifest(given))                     # the given split, its 3 folds, is used
     oof = pd.read_csv(out / "oof.csv")
     assert sorted(oof["path"]) == sorted(manifest["path"]) and not oof["path"].duplicated().any()
     merged = oof.merge(manifest, on="path")
