@@ -39,6 +39,11 @@ if source == "From the data set":
         st.stop()
     image_bytes, name, synthetic = ui.read_data_bytes(active.data_dir, relpath), Path(relpath).name, active.synthetic
     fold = model.fold_of(relpath)
+    if fold is not None and fold not in model.folds:
+        st.warning(f"This image was held out in fold {fold}, whose model is not trained yet; every trained fold "
+                   "model learnt from it, so none can predict it honestly. Pick another image, or come back when "
+                   "the run is complete.")
+        st.stop()
 else:
     upload = st.file_uploader("A cell image (JPEG, PNG, TIFF, BMP, ...)", type=None, key="explain_upload")
     if upload is None:

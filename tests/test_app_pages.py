@@ -242,6 +242,30 @@ def test_home_on_the_real_sample_is_not_called_synthetic(real_sample, env, monke
     assert len(frame(at, "probability")) == 5 and not at.error
 
 
+def test_an_image_whose_fold_model_is_not_trained_yet_gets_no_prediction(env, tmp_path, monkeypatch):
+    import shutil
+
+    data, run, manifest = env
+    partial = tmp_path / "partial"
+    shutil.copytree(run, partial)
+    shutil.rmtree(partial / "fold1")  # fold 1 still training: fold 0's model learnt from fold 1's images
+    monkeypatch.setenv(settings.RUN_ENV, str(partial))
+    at = run_page(EXPLAIN)
+    by_fold = manifest.set_index("path")["fold"]
+    abbr = "MYB"
+    at.selectbox(key="explain_class").select(abbr).run()
+    seen = set()
+    for relpath in sorted(manifest[manifest["label"] == abbr]["path"]):  # one image in each fold
+        at.selectbox(key=f"explain_pick_{abbr}_image").select(relpath).run()
+        assert not at.exception
+        if by_fold[relpath] == 1:
+            assert "whose model is not trained yet" in texts(at) and not at.dataframe
+        else:
+            assert "fold-0 model, which did not train on this image" in texts(at)
+        seen.add(int(by_fold[relpath]))
+    assert seen == {0, 1}
+
+
 def _png(mode: str, size=(40, 40)) -> bytes:
     buf = io.BytesIO()
     if mode == "I;16":
