@@ -18,7 +18,7 @@ from bmteach.__main__ import main
 from bmteach.data import read_manifest
 from bmteach.errors import UserError
 from bmteach.models import load_checkpoint
-from bmteach.runs import (LOCK_NAME, RunLock, launch_training, lock_owner, open_run, read_log, read_progress,
+from bmteach.runs import (LOCK_NAME, PARENT_LOCK_ENV, RunLock, launch_training, lock_owner, open_run, read_log, read_progress,
                           stop_training)
 from bmteach.train import (TrainConfig, build_or_read_manifest, plan_parallel_folds, run_training, split_fold)
 
@@ -191,7 +191,7 @@ def test_stop_training_signals_the_lock_owner(tmp_path):
 
 # --- the lock, errors, status ------------------------------------------------------------------------------
 
-def test_lock_refuses_a_second_writer_and_takes_over_a_dead_ones(tiny_data, tmp_path, capsys):
+def test_lock_refuses_a_second_writer_and_takes_over_a_dead_ones(tiny_data, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     out.mkdir()
     other = subprocess.Popen(["sleep", "30"])
@@ -203,6 +203,13 @@ def test_lock_refuses_a_second_writer_and_takes_over_a_dead_ones(tiny_data, tmp_
         assert train_cli(tiny_data, out, "--epochs", "1") == 2
         assert f"another training process (PID {other.pid})" in capsys.readouterr().err
         assert not (out / "config.json").exists()                    # nothing written
+        # a --parallel-folds child may write into the run its parent (the lock owner) holds for it
+        monkeypatch.setenv(PARENT_LOCK_ENV, str(other.pid))
+        child_lock = RunLock(out).acquire()
+        assert not child_lock.held and lock_owner(out) == other.pid
+        child_lock.release()
+        assert lock_owner(out) == other.pid                          # the parent's lock stays
+        monkeypatch.delenv(PARENT_LOCK_ENV)
     finally:
         other.kill()
         other.wait()
