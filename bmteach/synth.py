@@ -51,19 +51,19 @@ MASK_BACKGROUND, MASK_CYTOPLASM, MASK_NUCLEUS = 0, 1, 2
 class Look:
     """Stain colours (optical density per unit concentration, RGB) and acquisition properties of one scanner."""
     name: str
-    haem: tuple = (1.55, 2.45, 0.62)        # nuclear stain: purple
-    baso: tuple = (0.95, 0.85, 0.12)        # basophilic (RNA-rich) cytoplasm: blue
-    eosin: tuple = (0.45, 0.75, 0.10)       # acidophilic cytoplasm: pink-lilac
+    haem: tuple = (1.25, 1.85, 0.55)        # nuclear stain: purple
+    baso: tuple = (0.85, 1.30, 0.12)        # basophilic (RNA-rich) cytoplasm: blue
+    eosin: tuple = (0.30, 0.54, 0.10)       # acidophilic cytoplasm: pink-lilac
     grey: tuple = (0.60, 0.60, 0.25)        # ground-glass grey (monocytes, hairy cells)
-    rbc: tuple = (0.45, 0.62, 0.36)         # red cells: grey-pink
-    eos_granule: tuple = (0.25, 1.10, 0.60)  # eosinophilic granules: orange-red
+    rbc: tuple = (0.55, 0.50, 0.38)         # red cells: grey-pink
+    eos_granule: tuple = (0.20, 0.80, 0.55)  # eosinophilic granules: orange-red
     azur: tuple = (0.70, 1.60, 0.50)        # azurophilic granules: purple-red
     dark_granule: tuple = (1.60, 2.20, 0.90)  # basophilic / mast-cell granules: purple-black
     auer: tuple = (0.80, 1.70, 0.60)        # Auer rods: red-purple
-    background: tuple = ((0.90, 0.91, 0.86), (0.88, 0.86, 0.98))  # yellow-green ... lilac
+    background: tuple = ((0.92, 0.92, 0.86), (0.91, 0.89, 0.96))  # yellow-green ... lilac
     stain_gain: float = 1.2                 # all densities times this
     channel_gain: tuple = (1.1, 1.16, 0.95)  # the scanner's colour response: RGB densities times this
-    blur: tuple = (0.5, 1.3)                # focus: Gaussian sigma range in px
+    blur: tuple = (1.3, 2.3)                # focus: Gaussian sigma range in px (real patches are soft)
     vignette: float = 0.10                  # illumination fall-off towards the corners
     noise: float = 0.008                    # sensor noise (0-1 scale)
     jpeg_quality: int = JPEG_QUALITY
@@ -139,10 +139,10 @@ class GranuleKind:
 
 
 GRANULES = {
-    "azurophilic": GranuleKind("azur", 1.4, 0.8, 0.03, True),
-    "specific": GranuleKind("azur", 0.7, 0.22, 0.060, False),
+    "azurophilic": GranuleKind("azur", 1.6, 0.6, 0.03, True),
+    "specific": GranuleKind("azur", 0.9, 0.18, 0.060, False),
     "dust": GranuleKind("azur", 0.6, 0.18, 0.030, False),
-    "eosinophilic": GranuleKind("eos_granule", 1.7, 0.6, 0.060, False),
+    "eosinophilic": GranuleKind("eos_granule", 2.0, 0.45, 0.060, False),
     "basophilic": GranuleKind("dark_granule", 2.0, 0.80, 0.014, True),
     "abnormal": GranuleKind("dark_granule", 2.2, 0.65, 0.012, True),
     "mast": GranuleKind("dark_granule", 1.4, 0.75, 0.045, True),
@@ -224,8 +224,8 @@ def erythroid_spec(abbr: str, t: float, rng: np.random.Generator) -> CellSpec:
         chromatin_contrast=_along(t, k, (0.2, 0.25, 0.45, 0.35, 0.15)),
         pyknotic=_along(t, k, (0, 0, 0.2, 0.6, 1.0)),
         nucleoli=int(rng.integers(1, 4)) if rng.random() < _along(t, k, (0.9, 0.7, 0.0, 0, 0)) else 0,
-        cyto_density=_along(t, k, (0.75, 0.75, 0.6, 0.55, 0.55)),
-        cyto_blue=_along(t, k, (1.3, 1.2, 0.6, 0.25, 0.0)),
+        cyto_density=_along(t, k, (0.62, 0.62, 0.55, 0.5, 0.5)),
+        cyto_blue=_along(t, k, (1.1, 1.05, 0.6, 0.25, 0.0)),
         cyto_pink=_along(t, k, (0.0, 0.0, 0.3, 0.6, 0.8)),
         cyto_grey=_along(t, k, (0.0, 0.0, 0.4, 0.5, 0.5)),
     )
@@ -305,7 +305,7 @@ def _plasma_cell(abbr: str, rng: np.random.Generator) -> CellSpec:
         abbr=abbr, diameter=rng.uniform(11.0, 15.0), aspect=rng.uniform(1.25, 1.55),
         nucleus_fraction=rng.uniform(0.25, 0.35), nuc_length=rng.uniform(0.0, 0.4), nuc_offset=rng.uniform(0.7, 0.95),
         nuc_density=0.95, chromatin_coarse=0.8, chromatin_contrast=0.3, clockface=True,
-        cyto_density=0.8, cyto_blue=1.3, hof=rng.uniform(0.6, 1.0), vacuoles=int(rng.choice([0, 0, 0, 2])),
+        cyto_density=0.65, cyto_blue=1.15, hof=rng.uniform(0.6, 1.0), vacuoles=int(rng.choice([0, 0, 0, 2])),
     )
 
 
@@ -381,7 +381,6 @@ def sample_spec(abbr: str, rng: np.random.Generator, difficulty: float = 0.5) ->
 # --------------------------------------------------------------------------------------------------------------
 
 _BANK = 384               # side of each precomputed noise texture
-_TEX_SCALES = (0.7, 1.5, 3.0, 6.0, 14.0)
 _ANGLES = 1024            # resolution of polar outline tables
 
 
@@ -549,10 +548,11 @@ class Canvas:
 
 @dataclass
 class StainJitter:
-    """Per-slide stain intensity (drawn once per patch): same draws whatever the look."""
+    """Per-slide stain intensity and colour response (drawn once per patch): same draws whatever the look."""
     haem: float = 1.0
     cyto: float = 1.0
     eos: float = 1.0
+    rgb: tuple = (1.0, 1.0, 1.0)    # slide-to-slide colour balance: RGB densities times this
 
 
 def paint_cell(canvas: Canvas, spec: CellSpec, cx: float, cy: float, rng: np.random.Generator,
@@ -658,8 +658,8 @@ def _paint_auer_rods(canvas, spec, win, cell, nucleus, radius, rng):
     for b in range(bundles):
         r, a = rng.uniform(0.35, 0.7) * radius, rng.uniform(0, 2 * np.pi)
         rods = _segments(win, rng, spec.auer_rods // bundles + 1, (r * np.cos(a), r * np.sin(a)), 3.0,
-                         (0.25 * radius, 0.6 * radius), 0.9, rng.uniform(0, np.pi), 0.35)
-        canvas.add(win.sl, 0.9 * rods * cell, "auer")
+                         (0.25 * radius, 0.6 * radius), 1.1, rng.uniform(0, np.pi), 0.35)
+        canvas.add(win.sl, 1.5 * rods * cell, "auer")
 
 
 def _paint_smudge(canvas, spec, win, cell, dist, r_at, rng, textures, stain):
@@ -684,11 +684,11 @@ def _paint_smudge(canvas, spec, win, cell, dist, r_at, rng, textures, stain):
 def _paint_red_cells(canvas: Canvas, rng, keep_out: tuple, textures) -> None:
     """Red cells with central pallor, scattered around (not on top of) the labelled cell."""
     cx0, cy0, r0 = keep_out
-    for _ in range(int(rng.integers(2, 10))):
+    for _ in range(int(rng.integers(3, 13))):
         r = rng.uniform(3.3, 4.0) * PX_PER_UM
         for _attempt in range(6):
             cx, cy = rng.uniform(-0.6 * r, SIZE + 0.6 * r, 2)
-            if np.hypot(cx - cx0, cy - cy0) > r0 + 0.6 * r:
+            if np.hypot(cx - cx0, cy - cy0) > r0 + 0.4 * r:
                 break
         table = _outline_table(rng, r, rng.uniform(1.0, 1.15), 0.015)
         win = Window.around(cx, cy, float(table.max()) + 2)
@@ -703,11 +703,11 @@ def _paint_red_cells(canvas: Canvas, rng, keep_out: tuple, textures) -> None:
 
 def _paint_neighbours(canvas, rng, centre_radius: float, textures, stain, difficulty) -> None:
     """0-2 other white cells, mostly outside the patch, cut by its edge."""
-    for _ in range(int(rng.choice([0, 1, 1, 2, 2, 3]))):
+    for _ in range(int(rng.choice([0, 1, 2, 2, 3, 3]))):
         spec = sample_spec(str(rng.choice(COMMON_CELLS, p=COMMON_WEIGHTS)), rng, difficulty)
         r = spec.diameter * PX_PER_UM / 2
         a = rng.uniform(0, 2 * np.pi)
-        d = max(centre_radius + 0.7 * r, SIZE / 2 + 0.2 * r) + rng.uniform(0, 0.4 * r)
+        d = max(centre_radius + 0.75 * r, SIZE / 2) + rng.uniform(0, 0.4 * r)
         paint_cell(canvas, spec, SIZE / 2 + d * np.cos(a), SIZE / 2 + d * np.sin(a), rng, textures, stain)
 
 
@@ -757,17 +757,17 @@ def _background(look: Look, rng) -> np.ndarray:
     """Illumination: a background colour between yellow-green and lilac, uneven across the patch."""
     u = rng.random() ** 0.5   # lilac backgrounds are the more common
     colour = (1 - u) * np.asarray(look.background[0]) + u * np.asarray(look.background[1])
-    colour = colour * rng.uniform(0.88, 1.02)
+    colour = colour * rng.uniform(0.94, 1.03)
     yy, xx = _unit_grid()
     gx, gy = rng.normal(0, 0.04, 2)
     light = 1 + gx * xx + gy * yy - look.vignette * rng.uniform(0.3, 1.0) * (xx ** 2 + yy ** 2)
     return light[..., None] * colour.astype(np.float32)
 
 
-def _finish(canvas: Canvas, light: np.ndarray, rng, blur: float) -> np.ndarray:
-    """Optical density -> RGB uint8: stain gain, focus blur, Beer-Lambert, sensor noise."""
-    od = canvas.optical_density() * (np.float32(canvas.look.stain_gain) *
-                                     np.asarray(canvas.look.channel_gain, np.float32))
+def _finish(canvas: Canvas, light: np.ndarray, rng, blur: float, stain: StainJitter) -> np.ndarray:
+    """Optical density -> RGB uint8: stain gain and colour balance, focus blur, Beer-Lambert, sensor noise."""
+    gain = canvas.look.stain_gain * np.asarray(canvas.look.channel_gain) * np.asarray(stain.rgb)
+    od = canvas.optical_density() * gain.astype(np.float32)
     if blur > 0.3:
         od = ndimage.gaussian_filter(od, (blur, blur, 0), truncate=2.5)
     rgb = light * np.exp(-od)
@@ -781,7 +781,7 @@ def _finish(canvas: Canvas, light: np.ndarray, rng, blur: float) -> np.ndarray:
 
 
 def _textures(rng) -> dict:
-    return {"fine": _texture(rng, 0.7), "mid": _texture(rng, 1.5), "coarse": _texture(rng, 6.0),
+    return {"fine": _texture(rng, 1.2), "mid": _texture(rng, 2.5), "coarse": _texture(rng, 6.0),
             "blob": _texture(rng, 14.0)}
 
 
@@ -791,7 +791,8 @@ def render_patch(abbr: str, rng: np.random.Generator, difficulty: float = 0.5, l
     canvas = Canvas(look)
     light = _background(look, rng)
     textures = _textures(rng)
-    stain = StainJitter(haem=rng.uniform(0.85, 1.15), cyto=rng.uniform(0.8, 1.2), eos=rng.uniform(0.8, 1.2))
+    stain = StainJitter(haem=rng.uniform(0.85, 1.15), cyto=rng.uniform(0.8, 1.2), eos=rng.uniform(0.8, 1.2),
+                        rgb=tuple(rng.uniform(0.9, 1.1, 3)))
     blur = rng.uniform(*look.blur)
     mask = np.zeros((SIZE, SIZE), np.uint8)
     cx, cy = SIZE / 2 + rng.normal(0, 4, 2)
@@ -799,29 +800,45 @@ def render_patch(abbr: str, rng: np.random.Generator, difficulty: float = 0.5, l
     if abbr == "ART":
         _paint_red_cells(canvas, rng, (cx, cy, 0.0), textures)
         _paint_artefact(canvas, rng, textures, stain, difficulty)
-        return _finish(canvas, light, rng, blur), mask
+        return _finish(canvas, light, rng, blur, stain), mask
 
     degraded = abbr == "NIF"
     spec = sample_spec(str(rng.choice(COMMON_CELLS, p=COMMON_WEIGHTS)) if degraded else abbr, rng, difficulty)
+    how = NIF_KINDS[rng.choice(len(NIF_KINDS), p=NIF_WEIGHTS)] if degraded else ""
     if degraded:
-        spec = _degrade(spec, rng)
+        spec, extra_blur = _degrade(spec, how, rng)
+        blur += extra_blur
     radius = spec.diameter * PX_PER_UM / 2
     _paint_red_cells(canvas, rng, (cx, cy, radius), textures)
     _paint_neighbours(canvas, rng, radius, textures, stain, difficulty)
     win, cell, nucleus = paint_cell(canvas, spec, cx, cy, rng, textures, stain)
+    if how == "overlapped":   # another cell lies across it: neither can be named
+        other = sample_spec(str(rng.choice(COMMON_CELLS, p=COMMON_WEIGHTS)), rng, difficulty)
+        a, d = rng.uniform(0, 2 * np.pi), rng.uniform(0.45, 0.8) * radius
+        paint_cell(canvas, other, cx + d * np.cos(a), cy + d * np.sin(a), rng, textures, stain)
     _paint_precipitate(canvas, rng, int(rng.integers(0, 25)))
-    if degraded:
-        blur = blur + rng.choice([0.0, rng.uniform(2.5, 5.0)], p=[0.35, 0.65])
     mask[win.sl][cell > 0.5] = MASK_CYTOPLASM
     mask[win.sl][nucleus > 0.5] = MASK_NUCLEUS
-    return _finish(canvas, light, rng, blur), mask
+    return _finish(canvas, light, rng, blur, stain), mask
 
 
-def _degrade(spec: CellSpec, rng) -> CellSpec:
-    """A cell too degraded to name: pale or pyknotic, ragged, its details washed out (blurred in render)."""
-    return replace(spec, abbr="NIF", wobble=spec.wobble + rng.uniform(0.03, 0.12),
-                   nuc_density=spec.nuc_density * rng.uniform(0.6, 1.4), chromatin_contrast=0.1, nucleoli=0,
-                   cyto_density=spec.cyto_density * rng.uniform(0.5, 1.0), granules={}, hof=0.0)
+NIF_KINDS = ("defocused", "pyknotic", "lysed", "overlapped")
+NIF_WEIGHTS = (0.4, 0.25, 0.2, 0.15)
+
+
+def _degrade(spec: CellSpec, how: str, rng) -> tuple[CellSpec, float]:
+    """A cell too degraded or obscured to name, and the extra focus blur of its patch."""
+    spec = replace(spec, abbr="NIF", nucleoli=0, hof=0.0)
+    if how == "defocused":
+        return replace(spec, granules={}), rng.uniform(2.0, 4.0)
+    if how == "pyknotic":      # shrunken, ragged, a dense structureless nucleus, vacuolated cytoplasm
+        return replace(spec, diameter=spec.diameter * rng.uniform(0.7, 0.9), wobble=spec.wobble + 0.1,
+                       nuc_density=rng.uniform(1.2, 1.5), nuc_length=rng.uniform(0, 0.5), pyknotic=1.0,
+                       nucleus_fraction=rng.uniform(0.25, 0.5), vacuoles=int(rng.integers(2, 8))), 0.0
+    if how == "lysed":         # pale, washed out, torn outline
+        return replace(spec, wobble=spec.wobble + rng.uniform(0.1, 0.2), nuc_density=spec.nuc_density * 0.55,
+                       chromatin_contrast=0.1, cyto_density=spec.cyto_density * 0.45, granules={}), 0.0
+    return spec, 0.0
 
 
 def cell_rng(seed: int, abbr: str, n: int) -> np.random.Generator:
