@@ -101,17 +101,53 @@ def _is_synthetic(path: Path) -> bool:
     return bool(is_synthetic(path))
 
 
+# Run in a child Python: synth's worker pool uses "spawn", which re-runs the parent's __main__ in every worker,
+# and inside Streamlit __main__ is the page script itself (each worker would start the app again).
+GENERATE_DEFAULT = ("from bmteach.synth import ensure_default_dataset\n"
+                    "ensure_default_dataset(progress=lambda done, total: print(done, total, flush=True))\n")
+
+
 def ensure_default_data() -> str | None:
     """Generate the embedded synthetic data set on first use, with a progress bar; an error sentence or None."""
-    from bmteach import synth
-
+    if default_data_is_current():
+        return None
     report = _LazyProgress("First start: drawing the built-in synthetic cells (once, about a minute)...")
     try:
-        synth.ensure_default_dataset(progress=report)  # returns at once when the set is already there
-    except UserError as exc:
-        return str(exc)
+        return run_default_generation(report)
     finally:
         report.close()
+
+
+def default_data_is_current() -> bool:
+    """The built-in set exists, complete, from this generator version (the test synth's own default uses)."""
+    from bmteach import synth
+    from bmteach.classes import NUM_CLASSES
+    from bmteach.storage import default_data_dir
+
+    info = synth.read_description(default_data_dir()) or {}
+    return (info.get("version") == synth.GENERATOR_VERSION
+            and info.get("count") == synth.DEFAULT_PER_CLASS * NUM_CLASSES)
+
+
+def run_default_generation(progress) -> str | None:
+    """synth.ensure_default_dataset in a child process, its progress lines relayed; an error sentence or None."""
+    import os
+    import subprocess
+    import sys
+
+    from bmteach.storage import REPO_ROOT
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    child = subprocess.Popen([sys.executable, "-c", GENERATE_DEFAULT], cwd=REPO_ROOT, env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for line in child.stdout:
+        parts = line.split()
+        if len(parts) == 2 and all(p.isdigit() for p in parts):
+            progress(int(parts[0]), int(parts[1]))
+    errors = child.stderr.read().strip().splitlines()
+    if child.wait() != 0:
+        last = errors[-1] if errors else f"exit status {child.returncode}"
+        return f"The built-in synthetic data set could not be generated ({last})."
     return None
 
 

@@ -319,18 +319,31 @@ def test_odd_but_valid_uploads_are_explained_with_the_fold_average(env, mode):
 
 
 def test_first_start_generates_the_built_in_synthetic_data_set(fresh_home, monkeypatch):
-    """No BMTEACH_DATA and no setting: the home page draws the default data set (here 1 cell per class)."""
-    from bmteach import synth
+    """No BMTEACH_DATA and no setting: the home page draws the default data set (here 1 cell per class,
+    in the child process the app starts for it)."""
+    from bmteach import synth, ui
 
     for name in (settings.DATA_ENV, settings.RUN_ENV):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(synth, "DEFAULT_PER_CLASS", 1)
+    monkeypatch.setattr(ui, "GENERATE_DEFAULT", "import bmteach.synth as s\ns.DEFAULT_PER_CLASS = 1\n"
+                        + ui.GENERATE_DEFAULT)
     at = run_page(HOME)
     assert synth.is_synthetic(fresh_home / "data" / "synthetic")
     assert frame(at, "active data set")["active data set"].tolist() == [1] * len(ABBRS)
     assert any("badge[" in m.value and "synthetic" in m.value for m in at.sidebar.markdown)
     if not settings.trained_folds(DEMO_RUN):
         assert "No demo model is installed yet" in texts(at) + "".join(w.value for w in at.sidebar.warning)
+
+
+def test_a_failing_generation_is_one_sentence(fresh_home, monkeypatch):
+    from bmteach import ui
+
+    for name in (settings.DATA_ENV, settings.RUN_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(ui, "GENERATE_DEFAULT", "print(3, 10, flush=True)\nraise SystemExit('disk full')\n")
+    at = run_page(HOME)
+    assert [e.value for e in at.error][:1] == [
+        "The built-in synthetic data set could not be generated (disk full)."]
 
 
 def test_a_large_photo_upload_is_shrunk_once_and_explained(env):
@@ -353,6 +366,21 @@ def test_a_data_folder_without_images_is_one_sentence_on_every_page(env, page, t
 
 # --- the shipped defaults -----------------------------------------------------------------------------------
 
+def _reuse_checkout_default_data() -> None:
+    """Link the checkout's built-in data set (.bmteach/, made by the demo's training) into the test home when it
+    is current, to skip a minute of generation; otherwise the page generates it as on a first start."""
+    from bmteach import ui
+    from bmteach.storage import default_data_dir
+
+    ours, theirs = default_data_dir(), REPO_ROOT / ".bmteach" / "data" / "synthetic"
+    if ours.exists() or not theirs.is_dir():
+        return
+    ours.parent.mkdir(parents=True, exist_ok=True)
+    ours.symlink_to(theirs, target_is_directory=True)
+    if not ui.default_data_is_current():
+        ours.unlink()
+
+
 @pytest.mark.slow
 def test_pages_on_the_real_defaults(monkeypatch):
     """Built-in synthetic data (generated on first use) and models/demo; skipped until the demo run exists."""
@@ -360,6 +388,7 @@ def test_pages_on_the_real_defaults(monkeypatch):
         pytest.skip("models/demo is not trained yet")
     for name in (settings.DATA_ENV, settings.RUN_ENV):
         monkeypatch.delenv(name, raising=False)
+    _reuse_checkout_default_data()
     for page in (HOME, ATLAS, EXPLAIN):
         at = run_page(page)
         assert not at.error, [e.value for e in at.error]
