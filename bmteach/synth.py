@@ -100,7 +100,7 @@ class CellSpec:
     abbr: str
     diameter: float                 # cell diameter, um
     aspect: float = 1.1             # long/short axis of the cell outline
-    wobble: float = 0.03            # irregularity of the outline
+    wobble: float = 0.05            # irregularity of the outline
     hairs: float = 0.0              # hair-like projections: length as a fraction of the radius (HAC)
     blebs: float = 0.0              # cytoplasmic blebs (PEB)
     nucleus_fraction: float = 0.5   # nucleus area / cell area
@@ -109,7 +109,7 @@ class CellSpec:
     nuc_lobes: int = 1              # lobes along the tube, joined by thin threads when pinched
     nuc_pinch: float = 0.0          # 0 = no constriction, ~0.85 = lobes joined by threads
     nuc_offset: float = 0.1         # eccentricity of the nucleus, 0 central .. 1 touching the membrane
-    nuc_wobble: float = 0.06
+    nuc_wobble: float = 0.09
     nuc_density: float = 0.8
     chromatin_coarse: float = 0.3   # 0 fine/open .. 1 coarse/clumped
     chromatin_contrast: float = 0.3
@@ -174,7 +174,7 @@ def _along(t: float, knots: tuple, values: tuple) -> float:
     return float(np.interp(t, knots, values))
 
 
-GRAN_T = (0.0, 0.24, 0.43, 0.60, 0.76, 0.92)   # class centres along the granulocytic chain
+GRAN_T = (0.07, 0.24, 0.43, 0.60, 0.76, 0.92)   # class centres along the granulocytic chain
 
 
 def granulocytic_spec(abbr: str, t: float, rng: np.random.Generator) -> CellSpec:
@@ -183,7 +183,7 @@ def granulocytic_spec(abbr: str, t: float, rng: np.random.Generator) -> CellSpec
     lobes = int(rng.choice([2, 3, 3, 4, 4, 5])) if t > 0.8 else 1
     return CellSpec(
         abbr=abbr,
-        diameter=_along(t, k, (14.0, 19.0, 15.0, 13.0, 12.0, 12.0)) * rng.uniform(0.9, 1.1),
+        diameter=_along(t, k, (13.5, 17.5, 15.0, 13.0, 12.0, 12.0)) * rng.uniform(0.9, 1.1),
         aspect=rng.uniform(1.0, 1.15),
         nucleus_fraction=_along(t, k, (0.72, 0.42, 0.36, 0.30, 0.26, 0.25)) * rng.uniform(0.9, 1.1),
         nuc_length=_along(t, k, (0.25, 0.45, 0.6, 1.6, 4.0, 5.5)) * rng.uniform(0.8, 1.2),
@@ -191,16 +191,16 @@ def granulocytic_spec(abbr: str, t: float, rng: np.random.Generator) -> CellSpec
         nuc_lobes=lobes,
         nuc_pinch=_along(t, (0.8, 0.95), (0.0, 0.85)),
         nuc_offset=_along(t, k, (0.1, 0.55, 0.5, 0.35, 0.15, 0.1)) * rng.uniform(0.5, 1.2),
-        nuc_density=_along(t, k, (0.55, 0.6, 0.75, 0.85, 0.95, 1.0)) * rng.uniform(0.9, 1.1),
+        nuc_density=_along(t, k, (0.65, 0.68, 0.78, 0.85, 0.95, 1.0)) * rng.uniform(0.9, 1.1),
         chromatin_coarse=_along(t, k, (0.05, 0.15, 0.45, 0.65, 0.8, 0.9)),
-        chromatin_contrast=_along(t, k, (0.18, 0.22, 0.35, 0.45, 0.5, 0.55)),
+        chromatin_contrast=_along(t, k, (0.12, 0.18, 0.35, 0.45, 0.5, 0.55)),
         nucleoli=int(rng.integers(1, 5)) if rng.random() < _along(t, k, (1.0, 0.55, 0.05, 0, 0, 0)) else 0,
-        cyto_density=_along(t, k, (0.55, 0.52, 0.48, 0.45, 0.45, 0.45)),
+        cyto_density=_along(t, k, (0.48, 0.48, 0.46, 0.45, 0.45, 0.45)),
         cyto_blue=_along(t, k, (1.0, 0.75, 0.3, 0.12, 0.04, 0.0)),
         cyto_pink=_along(t, k, (0.0, 0.2, 0.6, 0.8, 0.9, 0.9)),
         hof=_along(t, k, (0.0, 0.6, 0.5, 0.1, 0, 0)) * rng.uniform(0.3, 1.0),
         granules={
-            "azurophilic": _along(t, k, (0.03, 1.0, 0.35, 0.05, 0.0, 0.0)) * rng.uniform(0.6, 1.2),
+            "azurophilic": _along(t, k, (0.0, 1.0, 0.35, 0.05, 0.0, 0.0)) * rng.uniform(0.6, 1.2),
             "specific": _along(t, k, (0.0, 0.15, 0.7, 0.85, 0.85, 0.85)) * rng.uniform(0.7, 1.2),
         },
     )
@@ -213,13 +213,13 @@ def erythroid_spec(abbr: str, t: float, rng: np.random.Generator) -> CellSpec:
         abbr=abbr,
         diameter=_along(t, k, (18.0, 16.0, 12.0, 10.0, 8.5)) * rng.uniform(0.9, 1.1),
         aspect=rng.uniform(1.0, 1.08),
-        wobble=0.02,
+        wobble=0.035,
         blebs=_along(t, k, (0.6, 0.5, 0.1, 0, 0)) * rng.random(),
         nucleus_fraction=_along(t, k, (0.65, 0.62, 0.5, 0.35, 0.22)) * rng.uniform(0.9, 1.1),
         nuc_length=rng.uniform(0.0, 0.25),
         nuc_offset=rng.uniform(0.0, 0.3),
-        nuc_wobble=0.03,
-        nuc_density=_along(t, k, (0.6, 0.65, 0.95, 1.1, 1.25)),
+        nuc_wobble=0.06,
+        nuc_density=_along(t, k, (0.68, 0.7, 0.95, 1.1, 1.25)),
         chromatin_coarse=_along(t, k, (0.1, 0.15, 0.6, 0.8, 0.9)),
         chromatin_contrast=_along(t, k, (0.2, 0.25, 0.45, 0.35, 0.15)),
         pyknotic=_along(t, k, (0, 0, 0.2, 0.6, 1.0)),
@@ -238,12 +238,12 @@ def lymphoid_spec(abbr: str, t: float, rng: np.random.Generator) -> CellSpec:
         abbr=abbr,
         diameter=_along(t, k, (13.5, 12.5, 10.0, 8.8, 8.0)) * rng.uniform(0.92, 1.08),
         aspect=rng.uniform(1.0, 1.1),
-        wobble=0.025,
+        wobble=0.04,
         nucleus_fraction=_along(t, k, (0.75, 0.74, 0.72, 0.72, 0.74)) * rng.uniform(0.93, 1.05),
         nuc_length=rng.uniform(0.0, 0.35),
         nuc_bend=rng.uniform(0.0, 1.2) * (rng.random() < 0.3),
         nuc_offset=rng.uniform(0.1, 0.45),
-        nuc_density=_along(t, k, (0.6, 0.65, 0.9, 1.0, 1.05)),
+        nuc_density=_along(t, k, (0.68, 0.7, 0.9, 1.0, 1.05)),
         chromatin_coarse=_along(t, k, (0.05, 0.1, 0.6, 0.8, 0.85)),
         chromatin_contrast=_along(t, k, (0.2, 0.22, 0.45, 0.5, 0.5)),
         nucleoli=int(rng.integers(1, 3)) if rng.random() < _along(t, k, (0.8, 0.6, 0.05, 0, 0)) else 0,
@@ -570,7 +570,8 @@ def paint_cell(canvas: Canvas, spec: CellSpec, cx: float, cy: float, rng: np.ran
         return win, *_paint_smudge(canvas, spec, win, cell, dist, r_at, rng, textures, stain)
     nucleus, nuc_conc = _nucleus(spec, win, radius, r_at, dist, rng, textures)
     cyto = cell * (1 - nucleus)
-    _paint_cytoplasm(canvas, spec, win, cell, cyto, nucleus, radius, rng, textures, stain)
+    rim = cell - _soft(r_at - 4.0 - dist, 2.0)    # the membrane edge reads darker, as in real smears
+    _paint_cytoplasm(canvas, spec, win, cell, cyto + 0.3 * rim * (1 - nucleus), radius, rng, textures, stain)
     canvas.add(win.sl, nuc_conc * stain.haem, "haem")
     _paint_granules(canvas, spec, win, cell, cyto, rng, stain)
     if spec.auer_rods:
@@ -622,7 +623,7 @@ def _clockface(dx, dy, half_w: float, rng) -> np.ndarray:
     return 0.55 + 0.7 * clumps
 
 
-def _paint_cytoplasm(canvas, spec, win, cell, cyto, nucleus, radius, rng, textures, stain):
+def _paint_cytoplasm(canvas, spec, win, cell, cyto, radius, rng, textures, stain):
     sl = win.sl
     conc = spec.cyto_density * cyto * (1 + 0.15 * textures["mid"][sl])
     if spec.hof > 0:   # pale Golgi zone: a soft ellipse beside the nucleus, towards the cell centre
@@ -697,7 +698,7 @@ def _paint_red_cells(canvas: Canvas, rng, keep_out: tuple, textures) -> None:
         dist, idx = _polar(win)
         rbc = _soft(table[idx] - dist, 1.3)
         pallor = np.exp(-(dist / (0.5 * r)) ** 2)
-        conc = rbc * rng.uniform(0.4, 0.8) * (1 - 0.55 * pallor + 0.03 * textures["mid"][win.sl])
+        conc = rbc * rng.uniform(0.35, 0.75) * (1 - 0.55 * pallor + 0.03 * textures["mid"][win.sl])
         canvas.add(win.sl, conc, "rbc")
 
 
@@ -707,7 +708,7 @@ def _paint_neighbours(canvas, rng, centre_radius: float, textures, stain, diffic
         spec = sample_spec(str(rng.choice(COMMON_CELLS, p=COMMON_WEIGHTS)), rng, difficulty)
         r = spec.diameter * PX_PER_UM / 2
         a = rng.uniform(0, 2 * np.pi)
-        d = max(centre_radius + 0.75 * r, SIZE / 2) + rng.uniform(0, 0.4 * r)
+        d = max(centre_radius + 0.6 * r, SIZE / 2 - 0.2 * r) + rng.uniform(0, 0.4 * r)
         paint_cell(canvas, spec, SIZE / 2 + d * np.cos(a), SIZE / 2 + d * np.sin(a), rng, textures, stain)
 
 
