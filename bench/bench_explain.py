@@ -121,10 +121,13 @@ def part_b(name: str, model, size: int, repeats: int, samples: int = 25) -> None
 
 
 def pick_cells(predictor, n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """Up to n data-set images spread over the classes (round robin over a seeded shuffle per class)."""
+    """Up to n data-set images spread over the classes (round robin over a seeded shuffle per class), only from
+    folds whose model exists (a run still training has fewer)."""
     rng = np.random.default_rng(seed)
     by_class: dict[str, list[str]] = {}
     for path in predictor.data_paths:
+        if predictor.fold_of(path) not in predictor.folds:
+            continue
         by_class.setdefault(path.split("/")[0], []).append(path)
     for paths in by_class.values():
         rng.shuffle(paths)
@@ -146,7 +149,7 @@ def part_c(run: Path, data: Path, cells: int, deletion_cells: int) -> None:
 
     print(f"\n(c) demo model on synthetic cells: run {run}, data {data}")
     predictor = Predictor.from_run(run, device="cpu")
-    energies, correlations, aucs, random_aucs, cam_times, hits = [], [], [], [], [], 0
+    energies, areas, peaks, correlations, aucs, random_aucs, cam_times, hits = [], [], [], [], [], [], [], 0
     picked = pick_cells(predictor, cells)
     for i, (rel, label) in enumerate(picked):
         mpath = mask_path(data, rel)
@@ -162,7 +165,11 @@ def part_c(run: Path, data: Path, cells: int, deletion_cells: int) -> None:
         t = time.perf_counter()
         cam = explain.gradcam(model, x, pred)
         cam_times.append(time.perf_counter() - t)
-        energies.append(explain.mask_energy(cam, np.asarray(Image.open(mpath))))
+        mask = np.asarray(Image.open(mpath)) > 0
+        energies.append(explain.mask_energy(cam, mask))
+        areas.append(mask.mean())
+        peak = np.unravel_index(np.argmax(explain.resize_map(cam, mask.shape)), mask.shape)
+        peaks.append(bool(mask[peak]) if mask.any() else np.nan)
         correlations.append(explain.sanity_check(model, x, pred, method="gradcam").correlation)
         if i < deletion_cells:
             aucs.append(explain.deletion_curve(model, x, pred, cam).auc)
@@ -172,10 +179,14 @@ def part_c(run: Path, data: Path, cells: int, deletion_cells: int) -> None:
     if not n:
         print("    no images with masks found: is --data the synthetic data set the run was trained on?")
         return
-    e, c = np.array(energies), np.array(correlations)
-    print(f"    cells: {n} (out-of-fold model for each; target = its predicted class; {hits}/{n} correct)")
+    e, c, a = np.array(energies), np.array(correlations), np.array(areas)
+    with_cell = ~np.isnan(e)
+    print(f"    cells: {n} (out-of-fold model for each; target = its predicted class; {hits}/{n} correct); "
+          f"{n - with_cell.sum()} without a labelled cell (artefacts) left out of the mask figures")
     print(f"    Grad-CAM energy inside the cell mask: mean {np.nanmean(e):.3f}, median {np.nanmedian(e):.3f}, "
-          f"share of cells >= 0.8: {np.mean(e >= 0.8):.2f}   (aim >= 0.8)")
+          f"share of cells >= 0.8: {np.mean(e[with_cell] >= 0.8):.2f}   (aim >= 0.8; a uniform map would give "
+          f"the mask's mean area, {a[with_cell].mean():.3f})")
+    print(f"    pointing game (map's peak inside the cell mask): {np.nanmean(np.array(peaks, float)):.2f}")
     print(f"    sanity check (trained vs randomised, Spearman): mean {c.mean():.3f}, median {np.median(c):.3f}, "
           f"max {c.max():.3f}   (aim < 0.3)")
     if aucs:

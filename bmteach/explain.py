@@ -271,11 +271,12 @@ def deletion_curve(model: nn.Module, x: torch.Tensor, target: int, saliency_map:
 
 def mask_energy(saliency_map: np.ndarray, mask: np.ndarray) -> float:
     """Share of the map's total value inside the cell (mask > 0: cytoplasm or nucleus), as in Score-CAM's
-    energy-based pointing game. The map is resized to the mask. NaN for an all-zero map."""
+    energy-based pointing game. The map is resized to the mask. NaN when undefined: an all-zero map, or an
+    empty mask (an artefact patch has no labelled cell)."""
     mask = np.asarray(mask) > 0
     m = resize_map(saliency_map, mask.shape).astype(np.float64)
     total = m.sum()
-    if total <= 0:
+    if total <= 0 or not mask.any():
         return float("nan")
     return float(m[mask].sum() / total)
 

@@ -237,6 +237,7 @@ def test_mask_energy_known_shares():
     # A 2x2 map [1, 0] per row resized bilinearly to 8 columns: 1, 1, .875, .625, .375, .125, 0, 0 -> 3.5 / 4.
     assert explain.mask_energy(np.array([[1.0, 0.0], [1.0, 0.0]]), big) == pytest.approx(0.875)
     assert np.isnan(explain.mask_energy(np.zeros((4, 4)), top))
+    assert np.isnan(explain.mask_energy(m, np.zeros((4, 4), np.uint8)))  # no cell labelled
 
 
 def test_overlay_blends_colour_map_over_image():
