@@ -93,8 +93,9 @@ g1.image(pixels, caption=ui.image_caption(name, synthetic), width="stretch")
 g2.image(overlay(pixels, cam, alpha), caption=f"Grad-CAM for {class_name(target)}", width="stretch")
 if synthetic and relpath is not None:
     mask = ui.cell_mask(active.data_dir, relpath)
-    if mask is not None:
-        st.metric("Share of the Grad-CAM map inside the cell", f"{mask_energy(cam, mask):.0%}",
+    share = mask_energy(cam, mask) if mask is not None else float("nan")
+    if not np.isnan(share):  # NaN: an all-zero map or an empty mask, where a share means nothing
+        st.metric("Share of the Grad-CAM map inside the cell", f"{share:.0%}",
                   help="Synthetic cells come with a mask of the cell: a model that looks at the cell, not the "
                        "background, puts most of its map inside it.")
 
