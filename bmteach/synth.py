@@ -56,7 +56,7 @@ class Look:
     eosin: tuple = (0.30, 0.54, 0.10)       # acidophilic cytoplasm: pink-lilac
     grey: tuple = (0.60, 0.60, 0.25)        # ground-glass grey (monocytes, hairy cells)
     rbc: tuple = (0.55, 0.50, 0.38)         # red cells: grey-pink
-    eos_granule: tuple = (0.20, 0.80, 0.55)  # eosinophilic granules: orange-red
+    eos_granule: tuple = (0.35, 0.85, 0.55)  # eosinophilic granules: orange-red
     azur: tuple = (0.70, 1.60, 0.50)        # azurophilic granules: purple-red
     dark_granule: tuple = (1.60, 2.20, 0.90)  # basophilic / mast-cell granules: purple-black
     auer: tuple = (0.80, 1.70, 0.60)        # Auer rods: red-purple
@@ -139,10 +139,10 @@ class GranuleKind:
 
 
 GRANULES = {
-    "azurophilic": GranuleKind("azur", 1.6, 0.6, 0.03, True),
+    "azurophilic": GranuleKind("azur", 1.6, 0.45, 0.03, True),
     "specific": GranuleKind("azur", 0.9, 0.18, 0.060, False),
     "dust": GranuleKind("azur", 0.6, 0.18, 0.030, False),
-    "eosinophilic": GranuleKind("eos_granule", 2.0, 0.45, 0.060, False),
+    "eosinophilic": GranuleKind("eos_granule", 1.7, 0.45, 0.070, False),
     "basophilic": GranuleKind("dark_granule", 2.0, 0.80, 0.014, True),
     "abnormal": GranuleKind("dark_granule", 2.2, 0.65, 0.012, True),
     "mast": GranuleKind("dark_granule", 1.4, 0.75, 0.045, True),
@@ -197,7 +197,8 @@ def granulocytic_spec(abbr: str, t: float, rng: np.random.Generator) -> CellSpec
         nucleoli=int(rng.integers(1, 5)) if rng.random() < _along(t, k, (1.0, 0.55, 0.05, 0, 0, 0)) else 0,
         cyto_density=_along(t, k, (0.48, 0.48, 0.46, 0.45, 0.45, 0.45)),
         cyto_blue=_along(t, k, (1.0, 0.75, 0.3, 0.12, 0.04, 0.0)),
-        cyto_pink=_along(t, k, (0.0, 0.2, 0.6, 0.8, 0.9, 0.9)),
+        cyto_pink=_along(t, k, (0.0, 0.2, 0.55, 0.7, 0.75, 0.75)),
+        cyto_grey=_along(t, k, (0.0, 0.0, 0.1, 0.25, 0.35, 0.4)),
         hof=_along(t, k, (0.0, 0.6, 0.5, 0.1, 0, 0)) * rng.uniform(0.3, 1.0),
         granules={
             "azurophilic": _along(t, k, (0.0, 1.0, 0.35, 0.05, 0.0, 0.0)) * rng.uniform(0.6, 1.2),
@@ -256,7 +257,8 @@ def _eosinophil(abbr: str, rng: np.random.Generator) -> CellSpec:
     return CellSpec(
         abbr=abbr, diameter=rng.uniform(12.5, 16.5), aspect=rng.uniform(1.0, 1.15),
         nucleus_fraction=rng.uniform(0.25, 0.33), nuc_length=rng.uniform(2.5, 4.0), nuc_bend=rng.uniform(1.5, 3.0),
-        nuc_lobes=2, nuc_pinch=rng.uniform(0.6, 0.85), nuc_offset=rng.uniform(0.1, 0.4), nuc_density=0.85,
+        nuc_lobes=int(rng.choice([1, 2, 2])), nuc_pinch=rng.uniform(0.3, 0.85), nuc_offset=rng.uniform(0.1, 0.4),
+        nuc_density=0.85,
         chromatin_coarse=0.7, chromatin_contrast=0.4, cyto_density=0.25, cyto_blue=0.1, cyto_pink=0.8,
         granules={"eosinophilic": rng.uniform(0.8, 1.1)},
     )
