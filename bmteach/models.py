@@ -81,10 +81,14 @@ def _conv_block(cin: int, cout: int, pool: bool) -> nn.Sequential:
 
 
 def sequential_cnn(num_classes: int = 21, widths=(32, 64, 96, 128, 128)) -> CellNet:
-    """A compact plain CNN (~0.33 M parameters), the counterpart of the paper's 303,694-parameter model."""
+    """A compact plain CNN (~0.33 M parameters), the counterpart of the paper's 303,694-parameter model.
+
+    Only the first three blocks pool, so the last stage keeps 1/8 of the input resolution (16x16 at 128 px):
+    Grad-CAM maps then resolve the cell instead of smearing a 6x6 grid over its neighbours, for ~15% more compute.
+    """
     blocks, cin = [], 3
     for i, cout in enumerate(widths):
-        blocks.append(_conv_block(cin, cout, pool=i < len(widths) - 1))
+        blocks.append(_conv_block(cin, cout, pool=i < len(widths) - 2))
         cin = cout
     return CellNet(nn.Sequential(*blocks), cin, num_classes, dropout=0.2)
 
