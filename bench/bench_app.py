@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_app.py            # models/demo + built-in synthetic data when the demo exists
     .venv/bin/python bench/bench_app.py --tiny     # a random-weight sequential CNN at 128 px on 2 cells/class
+    .venv/bin/python bench/bench_app.py --run RUN --data DIR
 
 The first run of a page includes loading the model and the caches; later steps are what a student waits for.
 """
@@ -50,6 +51,8 @@ def timed(label: str, step) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tiny", action="store_true", help="use a tiny random run instead of models/demo")
+    parser.add_argument("--run", help="run folder to use (default: models/demo)")
+    parser.add_argument("--data", help="data folder to use (default: the built-in synthetic set)")
     args = parser.parse_args()
     os.environ.setdefault("BMTEACH_HOME", tempfile.mkdtemp(prefix="bmteach-bench-home-"))
     from streamlit.testing.v1 import AppTest
@@ -57,7 +60,12 @@ def main() -> None:
     from bmteach import settings
     from bmteach.storage import DEMO_RUN
 
-    if args.tiny or not settings.trained_folds(DEMO_RUN):
+    if args.run or args.data:
+        for name, value in ((settings.RUN_ENV, args.run), (settings.DATA_ENV, args.data)):
+            if value:
+                os.environ[name] = str(Path(value).resolve())
+        print(f"run {args.run or DEMO_RUN}, data {args.data or 'built-in synthetic'}")
+    elif args.tiny or not settings.trained_folds(DEMO_RUN):
         data, run = tiny_setup(Path(tempfile.mkdtemp(prefix="bmteach-bench-")))
         os.environ[settings.DATA_ENV], os.environ[settings.RUN_ENV] = str(data), str(run)
         print(f"tiny run: random sequential CNN at 128 px, 5 folds, {run}")
