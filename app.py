@@ -12,7 +12,7 @@ st.title("bmteach: learn to recognise bone-marrow cells")
 st.markdown(
     "Twenty-one kinds of cells, from blasts to segmented neutrophils, as classified by Matek et al. "
     "(Blood 2021) on 171,374 expert-labelled images. Study each class in the **Atlas**, look inside the "
-    "network that tells them apart on **Explain**, and test yourself on the **Quiz**."
+    "network that tells them apart on **Explain**."
 )
 
 st.subheader("Where to go next")
