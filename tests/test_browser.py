@@ -1,0 +1,136 @@
+"""End to end in a real browser: the Streamlit server as a user starts it, Debian's Chromium driven by Playwright.
+
+What AppTest cannot do is checked here: the pages render in a browser without an exception, a click on the
+lineage tree opens that class's card, and a broken upload on Explain is one sentence. The server reads a tiny
+synthetic data set and the shipped demo run. Skipped where Chromium or Playwright is not installed (.ci/run
+installs both).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from bmteach.classes import ABBRS
+from bmteach.storage import DEMO_RUN, REPO_ROOT
+from bmteach.synth import generate_dataset
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+if not Path(CHROMIUM).exists():
+    pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PER_CLASS = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_health(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited early: {proc.stdout.read()}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError("streamlit did not become healthy in time")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser")
+    data = generate_dataset(root / "data", per_class=PER_CLASS, seed=0, workers=1)
+    port = _free_port()
+    env = {**os.environ, "BMTEACH_DATA": str(data), "BMTEACH_RUN": str(DEMO_RUN),
+           "BMTEACH_HOME": str(root / "home"), "OMP_NUM_THREADS": "1"}
+    env.pop("BMTEACH_INSTRUCTOR_SECRET", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none"],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for_health(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    with playwright.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+            headless=True, viewport={"width": 1400, "height": 1600})
+        yield context
+        context.close()
+
+
+def open_page(browser, url: str):
+    page = browser.new_page()
+    page.goto(url)
+    page.get_by_role("heading", level=1).first.wait_for(timeout=60_000)
+    return page
+
+
+def assert_no_exception(page) -> None:
+    page.wait_for_timeout(500)
+    assert page.locator("[data-testid=stException]").count() == 0
+
+
+def test_home_renders_with_the_active_data_sets_count(server, browser):
+    page = open_page(browser, server)
+    page.get_by_text("Images in the active data set").wait_for(timeout=30_000)
+    assert page.get_by_text(f"{PER_CLASS * len(ABBRS)}", exact=True).count() >= 1
+    assert_no_exception(page)
+    page.close()
+
+
+def test_clicking_a_node_of_the_lineage_tree_opens_its_card(server, browser):
+    page = open_page(browser, server + "/Atlas")
+    page.get_by_role("heading", name="Blast (BLA)").wait_for(timeout=60_000)
+    # the class markers are the tree figure's fourth trace, one point per class in canonical order
+    points = page.locator(".js-plotly-plot .scatterlayer .trace").nth(3).locator("path.point")
+    points.nth(ABBRS.index("MON")).wait_for(timeout=30_000)
+    points.nth(ABBRS.index("MON")).click(force=True)
+    page.get_by_role("heading", name="Monocyte (MON)").wait_for(timeout=60_000)
+    assert_no_exception(page)
+    page.close()
+
+
+def test_explain_shows_predictions_and_a_broken_upload_is_one_sentence(server, browser, tmp_path):
+    page = open_page(browser, server + "/Explain")
+    page.get_by_text("The model's top classes").wait_for(timeout=60_000)
+    page.get_by_text("Grad-CAM for").first.wait_for(timeout=60_000)
+    assert_no_exception(page)
+
+    page.get_by_text("Upload your own").click()
+    broken = tmp_path / "cell.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
+    page.locator("input[type=file]").set_input_files(str(broken))
+    alert = page.locator("[data-testid=stAlertContentError]")
+    alert.first.wait_for(timeout=60_000)
+    assert "cell.jpg" in alert.first.inner_text() or "image" in alert.first.inner_text().lower()
+    assert_no_exception(page)
+    page.close()
