@@ -35,7 +35,7 @@ from bmteach.errors import UserError
 from bmteach.storage import atomic_write_json, default_data_dir
 
 GENERATOR = "bmteach.synth"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SIZE = 250                # patch size in px, as the real data set
 PX_PER_UM = SIZE / 21.0   # a real patch spans about 21 um
 JPEG_QUALITY = 95         # the real files are quality-100 4:2:0 JPEGs; 95 keeps the data set half the size
