@@ -171,22 +171,23 @@ def save_choices(data_dir: str | Path | None, run_dir: str | Path | None) -> Set
     return settings
 
 
-def set_data_dir(path: str | Path | None) -> Path | None:
-    """Validate and save the instructor's data folder; None or '' goes back to the synthetic default."""
+def _save_folder(field: str, path: str | Path | None, validate) -> Path | None:
+    """Validate one folder and save it in the settings field; None or '' goes back to the default."""
     settings = load_settings()
-    folder = validate_data_dir(path) if path and str(path).strip() else None
-    settings.data_dir = str(folder) if folder else None
+    folder = validate(path) if path and str(path).strip() else None
+    setattr(settings, field, str(folder) if folder else None)
     save_settings(settings)
     return folder
+
+
+def set_data_dir(path: str | Path | None) -> Path | None:
+    """Validate and save the instructor's data folder; None or '' goes back to the synthetic default."""
+    return _save_folder("data_dir", path, validate_data_dir)
 
 
 def set_run_dir(path: str | Path | None) -> Path | None:
     """Validate and save the instructor's run folder; None or '' goes back to the demo run."""
-    settings = load_settings()
-    folder = validate_run_dir(path) if path and str(path).strip() else None
-    settings.run_dir = str(folder) if folder else None
-    save_settings(settings)
-    return folder
+    return _save_folder("run_dir", path, validate_run_dir)
 
 
 # --- instructor secret ----------------------------------------------------------------------------------
