@@ -993,11 +993,16 @@ DEFAULT_PER_CLASS = 100
 DEFAULT_SEED = 0
 
 
+def default_dataset_is_current() -> bool:
+    """The default set exists, complete, and was drawn by this generator version."""
+    info = read_description(default_data_dir()) or {}
+    return info.get("count") == DEFAULT_PER_CLASS * len(ABBRS) and info.get("version") == GENERATOR_VERSION
+
+
 def ensure_default_dataset(progress=None) -> Path:
     """The app's default data set: generated once under BMTEACH_HOME (temp folder, then an atomic rename)."""
     target = default_data_dir()
-    info = read_description(target)
-    if info and info.get("count") == DEFAULT_PER_CLASS * len(ABBRS) and info.get("version") == GENERATOR_VERSION:
+    if default_dataset_is_current():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{time.time_ns()}"

@@ -107,26 +107,26 @@ GENERATE_DEFAULT = ("from bmteach.synth import ensure_default_dataset\n"
                     "ensure_default_dataset(progress=lambda done, total: print(done, total, flush=True))\n")
 
 
+_GENERATION_LOCK = threading.Lock()  # a whole class opening the app at once starts one generation, not thirty
+
+
 def ensure_default_data() -> str | None:
     """Generate the embedded synthetic data set on first use, with a progress bar; an error sentence or None."""
     if default_data_is_current():
         return None
-    report = _LazyProgress("First start: drawing the built-in synthetic cells (once, about a minute)...")
-    try:
-        return run_default_generation(report)
-    finally:
-        report.close()
+    with _GENERATION_LOCK:
+        if default_data_is_current():  # another session generated it while this one waited
+            return None
+        report = _LazyProgress("First start: drawing the built-in synthetic cells (once, about a minute)...")
+        try:
+            return run_default_generation(report)
+        finally:
+            report.close()
 
 
 def default_data_is_current() -> bool:
-    """The built-in set exists, complete, from this generator version (the test synth's own default uses)."""
-    from bmteach import synth
-    from bmteach.classes import NUM_CLASSES
-    from bmteach.storage import default_data_dir
-
-    info = synth.read_description(default_data_dir()) or {}
-    return (info.get("version") == synth.GENERATOR_VERSION
-            and info.get("count") == synth.DEFAULT_PER_CLASS * NUM_CLASSES)
+    from bmteach.synth import default_dataset_is_current
+    return default_dataset_is_current()
 
 
 def run_default_generation(progress) -> str | None:
