@@ -27,6 +27,7 @@ from bmteach.classes import class_name
 from bmteach.data import load_image, read_manifest
 from bmteach.errors import CheckpointError, UserError
 from bmteach.models import CellNet, ModelMeta, load_checkpoint, pick_device
+from bmteach.runs import fold_checkpoint_dirs
 
 BATCH_SIZE = 32
 
@@ -39,16 +40,6 @@ class OofPrediction:
     pred: str
     fold: int
     probs: dict[str, float]
-
-
-def _fold_dirs(run_dir: Path) -> list[tuple[int, Path]]:
-    """fold<k>/ folders holding a model.pt, sorted by k."""
-    found = []
-    for d in run_dir.glob("fold*"):
-        suffix = d.name[len("fold"):]
-        if d.is_dir() and suffix.isdigit() and (d / "model.pt").is_file():
-            found.append((int(suffix), d))
-    return sorted(found)
 
 
 def _normalise_relpath(relpath: str | Path) -> str:
@@ -90,7 +81,7 @@ class Predictor:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise CheckpointError(f"Run folder not found: {run_dir}.")
-        folds = _fold_dirs(run_dir)
+        folds = fold_checkpoint_dirs(run_dir)
         if not folds:
             raise CheckpointError(f"{run_dir} holds no trained fold (no fold<k>/model.pt); train it first.")
         dev = pick_device(device)
@@ -195,7 +186,7 @@ class Predictor:
         whole = self.run_dir / "oof.csv"
         if whole.is_file():
             return [whole]
-        return [d / "oof.csv" for _, d in _fold_dirs(self.run_dir) if (d / "oof.csv").is_file()]
+        return [d / "oof.csv" for _, d in fold_checkpoint_dirs(self.run_dir) if (d / "oof.csv").is_file()]
 
     def _oof_rows(self) -> dict[str, OofPrediction]:
         files = self._oof_files()

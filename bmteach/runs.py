@@ -93,6 +93,16 @@ class RunLock:
 
 # --- reading a run -----------------------------------------------------------------------------------------
 
+def fold_checkpoint_dirs(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(k, fold<k>/) for every fold folder holding a model.pt, sorted by k."""
+    found = []
+    for d in Path(run_dir).glob("fold*"):
+        suffix = d.name[len("fold"):]
+        if d.is_dir() and suffix.isdigit() and (d / "model.pt").is_file():
+            found.append((int(suffix), d))
+    return sorted(found)
+
+
 def fold_is_complete(fold_dir: str | Path) -> bool:
     """A finished fold: meta.json says complete, and model.pt and oof.csv are there."""
     fold_dir = Path(fold_dir)

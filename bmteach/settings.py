@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bmteach.classes import ABBRS
 from bmteach.errors import UserError
+from bmteach.runs import fold_checkpoint_dirs
 from bmteach.storage import DEMO_RUN, atomic_write_json, default_data_dir, home
 
 DATA_ENV = "BMTEACH_DATA"
@@ -119,12 +120,7 @@ def validate_run_dir(path: str | Path) -> Path:
 
 def trained_folds(run_dir: str | Path) -> list[int]:
     """Fold numbers that have a checkpoint and its metadata, in order."""
-    folds = []
-    for sub in Path(run_dir).glob("fold*"):
-        number = sub.name[4:]
-        if number.isdigit() and (sub / "model.pt").is_file() and (sub / "meta.json").is_file():
-            folds.append(int(number))
-    return sorted(folds)
+    return [k for k, d in fold_checkpoint_dirs(run_dir) if (d / "meta.json").is_file()]
 
 
 def known_runs() -> list[Path]:
