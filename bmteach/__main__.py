@@ -41,7 +41,7 @@ def _add_synth(sub):
     p.add_argument("--classes", nargs="+", help="class abbreviations (default: all 21)")
     p.add_argument("--shift", default="none", help="acquisition shift: none or a named stain/scanner look")
     p.add_argument("--difficulty", type=float, default=0.5, help="0 = distinct classes, 1 = heavy overlap")
-    p.set_defaults(module="bmteach.synth", func="cli_synth")
+    p.set_defaults(module="bmteach.cli", func="cli_synth")
 
 
 def _add_train(sub):

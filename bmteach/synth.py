@@ -20,7 +20,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -1020,22 +1019,3 @@ def ensure_default_dataset(progress=None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 
-
-# --------------------------------------------------------------------------------------------------------------
-# Command line: python -m bmteach synth --out DIR ...
-# --------------------------------------------------------------------------------------------------------------
-
-
-def cli_synth(args) -> int:
-    started = time.perf_counter()
-    total = args.per_class * len(args.classes or ABBRS)
-
-    def report(done: int, total: int) -> None:
-        if done == total or done % 100 == 0:
-            print(f"\r{done}/{total} images", end="\n" if done == total else "", file=sys.stderr, flush=True)
-
-    out = generate_dataset(args.out, per_class=args.per_class, seed=args.seed, classes=args.classes,
-                           shift=args.shift, difficulty=args.difficulty, progress=report)
-    print(f"Wrote {total} synthetic images ({args.per_class} per class, shift {args.shift}) and their masks "
-          f"to {out} in {time.perf_counter() - started:.1f} s.")
-    return 0
