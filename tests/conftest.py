@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -36,3 +37,19 @@ def real_sample() -> Path:
     if not REAL_SAMPLE.is_dir():
         pytest.skip("../shared/realdata is not present")
     return REAL_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server for this test session (tests/helpers.PostgresServer); skipped, with the reason,
+    only when the server cannot start on this machine."""
+    from helpers import PostgresServer
+
+    server = PostgresServer()
+    try:
+        url = server.start()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        server.stop()
+        pytest.skip(f"PostgreSQL cannot start here: {exc}")
+    yield url
+    server.stop()
