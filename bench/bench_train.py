@@ -52,7 +52,7 @@ def augment_images_per_s(image_size: int, n: int) -> float:
     """Decode a 250 px JPEG and apply the training augmentation, one image at a time (one process)."""
     import io
 
-    from bmteach.data import load_image
+    from bmteach.images import load_image
 
     rng = np.random.default_rng(0)
     buf = io.BytesIO()

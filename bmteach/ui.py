@@ -304,7 +304,7 @@ def run_manifest_counts(active: Active) -> dict[str, int] | None:
 @st.cache_data(max_entries=512, show_spinner=False)
 def read_data_bytes(data_dir: str, relpath: str) -> bytes:
     """The bytes of one data-set image (safe_join refuses paths that leave the data folder)."""
-    from bmteach.data import safe_join
+    from bmteach.images import safe_join
     return safe_join(data_dir, relpath).read_bytes()
 
 
@@ -313,8 +313,8 @@ MAX_SIDE = 1024  # larger uploads are shrunk once: the models see 128-250 px and
 
 @st.cache_data(max_entries=128, show_spinner=False)
 def decode_image(image_bytes: bytes, name: str = "The image") -> Image.Image:
-    """Any odd format -> RGB (data.load_image); a bad file raises BadImageError, one sentence naming `name`."""
-    from bmteach.data import load_image
+    """Any odd format -> RGB (images.load_image); a bad file raises BadImageError, one sentence naming `name`."""
+    from bmteach.images import load_image
     buffer = io.BytesIO(image_bytes)
     buffer.name = name  # load_image names the file in its error sentence
     image = load_image(buffer)

@@ -17,7 +17,8 @@ from streamlit.testing.v1 import AppTest
 
 from bmteach import settings
 from bmteach.classes import ABBRS, BY_ABBR
-from bmteach.data import build_manifest, index, load_image, write_manifest
+from bmteach.data import build_manifest, index, write_manifest
+from bmteach.images import load_image
 from bmteach.models import ModelMeta, create_model, save_checkpoint
 from bmteach.storage import DEMO_RUN, REPO_ROOT
 from bmteach.synth import generate_dataset

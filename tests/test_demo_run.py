@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from bmteach.classes import ABBRS
-from bmteach.data import load_image
+from bmteach.images import load_image
 from bmteach.infer import Predictor
 from bmteach.metrics import compute_metrics
 from bmteach.models import load_checkpoint

@@ -1,7 +1,8 @@
-"""bmteach.data.load_image: every odd mode to RGB with known pixels, EXIF orientation, and refusals."""
+"""bmteach.images: load_image (every odd mode to RGB with known pixels, EXIF orientation, refusals) and safe_join."""
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bmteach.data import load_image
+from bmteach.images import load_image, safe_join
 from bmteach.errors import BadImageError, UserError
 
 
@@ -214,3 +215,34 @@ def test_error_names_the_upload():
     upload.name = "my_cell.jpg"
     with pytest.raises(BadImageError, match="^my_cell.jpg is not an image"):
         load_image(upload)
+
+
+# --- safe_join ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "data"
+    (root / "BLA" / "0001-1000").mkdir(parents=True)
+    (root / "BLA" / "0001-1000" / "BLA_00001.jpg").write_bytes(encode(Image.new("RGB", (8, 8)), "JPEG"))
+    (root / "ABE").mkdir()
+    return root
+
+
+def test_safe_join_accepts_relative_paths_inside_root(tree):
+    assert safe_join(tree, "BLA/0001-1000/BLA_00001.jpg") == (tree / "BLA/0001-1000/BLA_00001.jpg").resolve()
+    assert safe_join(tree, "BLA\\0001-1000\\BLA_00001.jpg").name == "BLA_00001.jpg"
+
+
+@pytest.mark.parametrize("rel", ["/etc/passwd", "../secret.jpg", "BLA/../../x.jpg", "", "C:/x.jpg", ".",
+                                 "..\\..\\x.jpg"])
+def test_safe_join_refuses_escapes(tree, rel):
+    with pytest.raises(UserError):
+        safe_join(tree, rel)
+
+
+def test_safe_join_refuses_symlinks_leading_outside(tree, tmp_path):
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(encode(Image.new("RGB", (8, 8)), "JPEG"))
+    os.symlink(secret, tree / "ABE" / "link.jpg")
+    with pytest.raises(UserError, match="outside the data folder"):
+        safe_join(tree, "ABE/link.jpg")
