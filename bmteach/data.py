@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -617,51 +616,3 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"Manifest not found: {path}.")
     return _validate_manifest(_read_csv(path, "manifest"), path.name)
-
-
-# --- command line ------------------------------------------------------------------------------------------
-
-def format_summary(df: pd.DataFrame, k: int) -> str:
-    """Per-class table: abbreviation, name, images, images per fold; a total row."""
-    per_fold = pd.crosstab(df["label"], df["fold"]).reindex(columns=range(k), fill_value=0)
-    head = f"{'class':<6}{'name':<22}{'images':>8}" + "".join(f"{'fold' + str(f):>8}" for f in range(k))
-    lines = [head, "-" * len(head)]
-    for abbr in ABBRS:
-        if abbr in per_fold.index:
-            row = per_fold.loc[abbr]
-            lines.append(f"{abbr:<6}{BY_ABBR[abbr].name:<22}{int(row.sum()):>8}"
-                         + "".join(f"{int(n):>8}" for n in row))
-    totals = per_fold.sum(axis=0)
-    lines.append(f"{'total':<28}{len(df):>8}" + "".join(f"{int(n):>8}" for n in totals))
-    return "\n".join(lines)
-
-
-def format_skipped(result: IndexResult, show: int = 3) -> str:
-    """Skipped entries grouped by reason, the first few of each."""
-    if not result.skipped:
-        return "Skipped: nothing."
-    lines = [f"Skipped {len(result.skipped)} file(s) or folder(s):"]
-    for reason, rels in sorted(result.skipped_by_reason().items(), key=lambda kv: -len(kv[1])):
-        more = f" ... and {len(rels) - show} more" if len(rels) > show else ""
-        lines.append(f"  {len(rels):>6}  {reason}: {', '.join(rels[:show])}{more}")
-    return "\n".join(lines)
-
-
-def cli_index(args) -> int:
-    """python -m bmteach index ROOT --out manifest.csv [--folds 5] [--seed 0] [--mapping CSV] [--groups CSV]"""
-    result = index(args.root, mapping=args.mapping, verify=getattr(args, "verify", False))
-    groups = read_groups(args.groups) if getattr(args, "groups", None) else None
-    df = build_manifest(result, k=args.folds, seed=args.seed, groups=groups)
-    where = "" if result.class_root == result.root else f" (class folders in {result.class_root.name}/)"
-    print(f"Data folder: {result.root}{where}")
-    print(format_summary(df, args.folds))
-    print(format_skipped(result))
-    if groups is not None:
-        alone = int((df["group"] == "").sum())
-        print(f"Groups: {df['group'].replace('', np.nan).nunique()} from {args.groups}"
-              + (f"; {alone} image(s) without a group, each kept as a group of its own." if alone else "."))
-    write_manifest(df, args.out)
-    print(f"Wrote {args.out}: {len(df)} images, {args.folds} folds, seed {args.seed} "
-          f"(paths relative to {result.root}).")
-    sys.stdout.flush()
-    return 0

@@ -1,4 +1,4 @@
-"""Inference: a `Predictor` for a run folder (one model per fold) or one checkpoint, and `predict` on the CLI.
+"""Inference: a `Predictor` for a run folder (one model per fold) or one checkpoint (`predict` on the CLI uses it).
 
 Honest by construction: an image of the data set is predicted by the fold model that never trained on it
 (`fold_of(relpath)` reads run/manifest.csv, then `predict_proba(images, fold=k)`), or read back from the run's
@@ -11,8 +11,6 @@ sits behind a lock.
 """
 from __future__ import annotations
 
-import json
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -23,9 +21,8 @@ import torch
 from PIL import Image
 
 from bmteach.augment import eval_transform
-from bmteach.classes import class_name
-from bmteach.data import load_image, read_manifest
-from bmteach.errors import CheckpointError, UserError
+from bmteach.data import read_manifest
+from bmteach.errors import CheckpointError
 from bmteach.models import CellNet, ModelMeta, load_checkpoint, pick_device
 from bmteach.runs import fold_checkpoint_dirs
 
@@ -211,64 +208,3 @@ def read_oof(path: str | Path) -> dict[str, OofPrediction]:
         rel = _normalise_relpath(p)
         rows[rel] = OofPrediction(rel, t, pr, int(f), dict(zip(names, probs[i].tolist())))
     return rows
-
-
-# --- command line: python -m bmteach predict -------------------------------------------------------------------
-
-def _describe_error(exc: Exception) -> str:
-    """One sentence for the person: our own errors already are; others get their cause named."""
-    if isinstance(exc, UserError):
-        return str(exc)
-    if isinstance(exc, FileNotFoundError):
-        return "file not found."
-    if isinstance(exc, IsADirectoryError):
-        return "this is a folder, not an image."
-    return f"could not read this file as an image ({type(exc).__name__}: {exc})."
-
-
-def _result_line(path: str, probs: np.ndarray, classes: list[str], as_json: bool) -> str:
-    order = np.argsort(-probs, kind="stable")
-    if as_json:
-        return json.dumps({"path": path, "pred": classes[order[0]],
-                           "probs": {c: round(float(p), 6) for c, p in zip(classes, probs)}})
-    top = " | ".join(f"{classes[i]} {class_name(classes[i])} {probs[i]:.3f}" for i in order[:3])
-    return f"{path}: {top}"
-
-
-def _print_error(path: str, message: str, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps({"path": path, "error": message}), flush=True)
-    else:
-        print(f"{path}: error: {message}", file=sys.stderr, flush=True)
-
-
-def _predict_chunk(predictor: Predictor, paths: list[str], as_json: bool) -> int:
-    """Load, predict and print one chunk of paths in input order; returns how many failed."""
-    loaded: dict[int, Image.Image] = {}
-    errors: dict[int, str] = {}
-    for i, path in enumerate(paths):
-        try:
-            loaded[i] = load_image(path)
-        except Exception as exc:  # one bad file never stops the others
-            errors[i] = _describe_error(exc)
-    probs = predictor.predict_proba([loaded[i] for i in sorted(loaded)])
-    row_of = {i: r for r, i in enumerate(sorted(loaded))}
-    for i, path in enumerate(paths):
-        if i in errors:
-            _print_error(path, errors[i], as_json)
-        else:
-            print(_result_line(path, probs[row_of[i]], predictor.classes, as_json), flush=True)
-    return len(errors)
-
-
-def cli_predict(args) -> int:
-    """python -m bmteach predict --run RUN|--checkpoint FILE [--json] IMAGE...: exit 1 when any image failed."""
-    device = getattr(args, "device", "auto")
-    if args.run:
-        predictor = Predictor.from_run(args.run, device=device)
-    else:
-        predictor = Predictor.from_checkpoint(args.checkpoint, device=device)
-    failed = 0
-    for start in range(0, len(args.images), BATCH_SIZE):
-        failed += _predict_chunk(predictor, args.images[start:start + BATCH_SIZE], args.json)
-    return 1 if failed else 0

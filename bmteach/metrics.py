@@ -17,7 +17,6 @@ Definitions (documented here because every number in the app and in metrics.json
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -421,17 +420,7 @@ def read_predictions(path, classes=ABBRS, keep=()) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
-# --- command line ---------------------------------------------------------------------------------------------
-
 def metrics_of_table(df: pd.DataFrame, classes=ABBRS, pairs=None) -> dict:
     """compute_metrics on a DataFrame from read_predictions (its fold column, when present, gives mean ± sd)."""
     folds = df["fold"].tolist() if "fold" in df.columns else None
     return compute_metrics(df["true"].tolist(), df["pred"].tolist(), classes=classes, pairs=pairs, folds=folds)
-
-
-def cli_metrics(args) -> int:
-    """python -m bmteach metrics --predictions CSV [--tolerance CSV] [--json]"""
-    pairs = tolerance_set(args.tolerance) if args.tolerance else None
-    metrics = metrics_of_table(read_predictions(args.predictions), pairs=pairs)
-    print(json.dumps(metrics, indent=2) if args.json else format_table(metrics))
-    return 0

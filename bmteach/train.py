@@ -14,10 +14,10 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,14 +31,10 @@ from bmteach import __version__
 from bmteach.augment import BalancedSampler, derive_seed, eval_transform, train_transform
 from bmteach.classes import ABBRS
 from bmteach.errors import CheckpointError, UserError
-from bmteach.models import (DATASET_MEAN, DATASET_STD, DEFAULT_IMAGE_SIZE, MODEL_NAMES, CellNet, ModelMeta,
-                            create_model, pick_device, save_checkpoint)
-from bmteach.runs import PARENT_LOCK_ENV, RunLock, fold_is_complete, open_run
+from bmteach.models import DATASET_MEAN, DATASET_STD, MODELS, CellNet, ModelMeta, create_model, save_checkpoint
+from bmteach.runs import PARENT_LOCK_ENV, fold_is_complete
 from bmteach.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-# Per-model defaults: batch size and peak learning rate of the one-cycle schedule (AdamW).
-DEFAULT_BATCH = {"sequential": 64, "resnext50": 64}
-DEFAULT_LR = {"sequential": 3e-3, "resnext50": 1e-3}
 # Seed "purposes", so model init, augmentation and sampling draw independent streams.
 _INIT, _AUGMENT, _SAMPLER, _EPOCH = 1, 2, 3, 4
 
@@ -49,15 +45,15 @@ class TrainConfig:
     model: str = "sequential"
     data_root: str = ""                 # absolute path where the run was trained (manifest paths are relative)
     classes: list[str] = field(default_factory=lambda: list(ABBRS))
-    image_size: int = 128
+    image_size: int = MODELS["sequential"].image_size
     mean: list[float] = field(default_factory=lambda: list(DATASET_MEAN))
     std: list[float] = field(default_factory=lambda: list(DATASET_STD))
     num_folds: int = 5
     folds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     epochs: int = 13
     per_class: int | None = None        # class balancing: images per class per epoch (None: each image once)
-    batch_size: int = 64
-    lr: float = 3e-3
+    batch_size: int = MODELS["sequential"].batch_size   # per-model defaults: the model registry's
+    lr: float = MODELS["sequential"].lr                 # peak of the one-cycle schedule (AdamW)
     weight_decay: float = 1e-4
     stain_strength: float = 0.05
     seed: int = 0
@@ -139,8 +135,10 @@ def resolve_data_root(data: str) -> Path:
     return root.resolve()
 
 
-def build_or_read_manifest(root: Path, manifest: str | None, num_folds: int, seed: int) -> pd.DataFrame:
-    """The manifest given with --manifest, or one built by indexing --data (stratified folds, seeded)."""
+def build_or_read_manifest(root: Path, manifest: str | None, num_folds: int, seed: int,
+                           report: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """The manifest given with --manifest, or one built by indexing --data (stratified folds, seeded).
+    report(sentence) hears about files skipped while indexing."""
     from bmteach import data
 
     if manifest:
@@ -149,9 +147,8 @@ def build_or_read_manifest(root: Path, manifest: str | None, num_folds: int, see
         df = data.read_manifest(manifest)
     else:
         result = data.index(root)
-        if result.skipped:
-            print(f"note: {len(result.skipped)} files skipped while indexing {root} (see `python -m bmteach index`).",
-                  file=sys.stderr)
+        if result.skipped and report:
+            report(f"{len(result.skipped)} files skipped while indexing {root} (see `python -m bmteach index`).")
         df = data.build_manifest(result, k=num_folds, seed=seed)
     df = df.reset_index(drop=True)
     unknown = sorted(set(df["label"]) - set(ABBRS))
@@ -477,7 +474,8 @@ def evaluate_if_available(run_dir: Path) -> int:
 
 def run_training(cfg: TrainConfig, run_dir: Path, manifest: pd.DataFrame, root: Path, device: torch.device,
                  workers: int | None = None, resume: bool = False, dist: Dist | None = None,
-                 stop_after_epoch: int | None = None, finalize: bool = True) -> int:
+                 stop_after_epoch: int | None = None, finalize: bool = True,
+                 report: Callable[[str], None] | None = None) -> int:
     """Train cfg.folds in turn into run_dir (the caller holds its lock), then, when every fold of the split is
     done and `finalize`, join the predictions into RUN/oof.csv and evaluate. Returns a process exit status."""
     dist = dist or Dist()
@@ -485,8 +483,8 @@ def run_training(cfg: TrainConfig, run_dir: Path, manifest: pd.DataFrame, root: 
     check_folds(cfg.folds, manifest, cfg.num_folds)
     for fold in cfg.folds:
         if fold_complete(run_dir, fold):
-            if dist.main:
-                print(f"fold {fold}: already complete", file=sys.stderr)
+            if dist.main and report:
+                report(f"fold {fold}: already complete")
             continue
         if not resume and (run_dir / f"fold{fold}" / "last.pt").is_file():
             raise UserError(f"Fold {fold} of {run_dir} was interrupted; add --resume to continue it.")
@@ -550,124 +548,3 @@ def run_parallel_folds(argv: list[str], folds: list[int]) -> int:
         for p in procs:
             p.terminate()
         raise
-
-
-# --- command line ------------------------------------------------------------------------------------------
-
-def parse_folds(text: str | None, num_folds: int) -> list[int]:
-    if text is None or text == "all":
-        return list(range(num_folds))
-    try:
-        folds = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise UserError(f"--folds takes comma-separated fold numbers such as 0,1,2,3,4, not {text!r}.") from None
-    if not folds:
-        raise UserError("--folds names no fold.")
-    return sorted(set(folds))
-
-
-def check_args(args) -> None:
-    """Mistakes on the command line, caught before any indexing or writing."""
-    if args.model not in MODEL_NAMES:
-        raise UserError(f"Unknown model {args.model!r}: choose one of {', '.join(MODEL_NAMES)}.")
-    if args.epochs < 1:
-        raise UserError("--epochs must be at least 1.")
-    if args.per_class is not None and args.per_class < 1:
-        raise UserError("--per-class must be at least 1.")
-    if args.num_folds < 2:
-        raise UserError("--num-folds must be at least 2.")
-    parse_folds(args.folds, args.num_folds)
-
-
-def config_from_args(args, root: Path, manifest: pd.DataFrame) -> TrainConfig:
-    """The run's config from the command line; a given manifest decides the number of folds."""
-    num_folds = int(manifest["fold"].max()) + 1 if args.manifest else args.num_folds
-    return TrainConfig(
-        model=args.model, data_root=str(root), image_size=args.image_size or DEFAULT_IMAGE_SIZE[args.model],
-        num_folds=num_folds, folds=parse_folds(args.folds, num_folds), epochs=args.epochs,
-        per_class=args.per_class, batch_size=args.batch_size or DEFAULT_BATCH[args.model],
-        lr=args.lr or DEFAULT_LR[args.model], seed=args.seed, finetune=args.finetune, pretrained=args.pretrained,
-        manifest_source=str(Path(args.manifest).resolve()) if args.manifest else "index")
-
-
-def read_run_manifest(run_dir: Path) -> pd.DataFrame:
-    from bmteach.data import read_manifest
-
-    return read_manifest(run_dir / "manifest.csv")
-
-
-def resumed_config(run_dir: Path, args) -> TrainConfig:
-    """On --resume the saved config decides the result; only --folds may pick other folds of the same split."""
-    cfg = TrainConfig.from_dict(open_run(run_dir).config)
-    if args.folds is not None:
-        cfg.folds = parse_folds(args.folds, cfg.num_folds)
-    return cfg
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def cli_train(args) -> int:
-    """python -m bmteach train ... (see the module docstring)."""
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # `stop` from the app: clean up, keep last.pt
-    dist = dist_from_env()
-    device = pick_device(args.device)
-    if dist.world_size > 1:
-        device = init_distributed(dist, device)
-    check_args(args)
-    run_dir = Path(args.out).expanduser().resolve()
-    resume = args.resume and (run_dir / "config.json").is_file()
-    if args.parallel_folds:
-        if dist.world_size > 1:
-            raise UserError("--parallel-folds and torchrun do not mix: use one or the other.")
-        if device.type != "cuda":
-            raise UserError("--parallel-folds needs CUDA GPUs; none is available.")
-    root = resolve_data_root(args.data) if dist.main else None  # before the lock: a typo leaves no folder
-    lock = RunLock(run_dir) if dist.main else None
-    try:
-        if lock is not None:
-            lock.acquire()
-        if dist.main:
-            if resume:
-                cfg = resumed_config(run_dir, args)
-                manifest = read_run_manifest(run_dir)
-            else:
-                manifest = build_or_read_manifest(root, args.manifest, args.num_folds, args.seed)
-                cfg = config_from_args(args, root, manifest)
-                check_folds(cfg.folds, manifest, cfg.num_folds)
-                prepare_run(cfg, run_dir, manifest, resume=False)
-        _barrier(dist)
-        if not dist.main:  # the other ranks read what rank 0 prepared (the default data set exists by now)
-            root = resolve_data_root(args.data)
-            cfg = resumed_config(run_dir, args)
-            manifest = read_run_manifest(run_dir)
-        if cfg.finetune == "head" and not cfg.pretrained and dist.main:
-            print("note: --finetune head without --pretrained trains a classifier on random features.", file=sys.stderr)
-        if args.parallel_folds:
-            status = run_parallel_folds(_passthrough_args(args, run_dir), cfg.folds)
-            if status == 0 and all(fold_complete(run_dir, k) for k in range(cfg.num_folds)):
-                write_run_oof(run_dir, manifest, cfg.num_folds)
-                status = evaluate_if_available(run_dir)
-            return status
-        # resume=True: a new run has nothing to resume, and an existing one got here only with --resume.
-        child = bool(os.environ.get(PARENT_LOCK_ENV))
-        return run_training(cfg, run_dir, manifest, root, device, args.workers, resume=True, dist=dist,
-                            finalize=not child)
-    finally:
-        if lock is not None:
-            lock.release()
-        if dist.world_size > 1:
-            import torch.distributed as td
-
-            if td.is_initialized():
-                td.destroy_process_group()
-
-
-def _passthrough_args(args, run_dir: Path) -> list[str]:
-    """The arguments a --parallel-folds child needs (it resumes the run this process prepared)."""
-    out = ["--data", args.data, "--model", args.model, "--epochs", str(args.epochs), "--out", str(run_dir),
-           "--device", "cuda"]
-    if args.workers is not None:
-        out += ["--workers", str(args.workers)]
-    return out
