@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bmteach import explain  # noqa: E402
+from bmteach import explain, maps  # noqa: E402
 from bmteach.models import create_model  # noqa: E402
 from bmteach.storage import DEMO_RUN, default_data_dir  # noqa: E402
 
@@ -145,7 +145,7 @@ def pick_cells(predictor, n: int, seed: int = 0) -> list[tuple[str, str]]:
 def part_c(run: Path, data: Path, cells: int, deletion_cells: int) -> None:
     from PIL import Image
 
-    from bmteach.data import load_image
+    from bmteach.images import load_image
     from bmteach.infer import Predictor
     from bmteach.synth import mask_path
 
@@ -168,9 +168,9 @@ def part_c(run: Path, data: Path, cells: int, deletion_cells: int) -> None:
         cam = explain.gradcam(model, x, pred)
         cam_times.append(time.perf_counter() - t)
         mask = np.asarray(Image.open(mpath)) > 0
-        energies.append(explain.mask_energy(cam, mask))
+        energies.append(maps.mask_energy(cam, mask))
         areas.append(mask.mean())
-        peak = np.unravel_index(np.argmax(explain.resize_map(cam, mask.shape)), mask.shape)
+        peak = np.unravel_index(np.argmax(maps.resize_map(cam, mask.shape)), mask.shape)
         peaks.append(bool(mask[peak]) if mask.any() else np.nan)
         correlations.append(explain.sanity_check(model, x, pred, method="gradcam").correlation)
         if i < deletion_cells:

@@ -10,7 +10,7 @@ Checks:
                  a high rank correlation means the map shows the image, not what the model learnt.
   deletion_curve Petsiuk et al. 2018 (RISE): confidence as the most salient pixels are replaced by a
                  baseline; a faithful map makes it fall fast (low area under the curve).
-  mask_energy    share of the map inside the cell mask (synthetic images carry masks).
+Display maths (resize, overlay, the share of a map inside a cell mask) is numpy-only, in bmteach.maps.
 
 Thread safety (one server, many sessions sharing one model): nothing here mutates the caller's model. Captum's
 Grad-CAM hooks a private identity module placed on the output of the last stage, not the shared `cam_layer`
@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from captum.attr import LayerAttribution, LayerGradCam, NoiseTunnel, Saliency
 from torch import nn
+
+from bmteach.maps import resize_map
 
 _RNG_LOCK = threading.Lock()
 
@@ -58,16 +60,6 @@ def _normalised(t: torch.Tensor) -> np.ndarray:
     return np.clip(a / top, 0.0, 1.0).astype(np.float32)
 
 
-def resize_map(saliency_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a (h, w) map to size=(H, W), clipped to the original range."""
-    m = np.asarray(saliency_map, dtype=np.float32)
-    if m.shape == tuple(size):
-        return m
-    t = torch.from_numpy(np.ascontiguousarray(m))[None, None]
-    out = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy()
-    return np.clip(out, m.min(), m.max())
-
-
 @contextmanager
 def _seeded(seed: int, device: torch.device):
     """Run a block with torch's global generator seeded, then restore it. Captum draws its noise from that
@@ -92,9 +84,10 @@ def _scores(forward: Callable, versus: int | None) -> Callable:
 
 
 class _TappedNet(nn.Module):
-    """The caller's model (shared, not copied) plus a private identity `tap` on the output of its last
-    convolutional stage (body[-1] == cam_layer). Captum hooks the tap, so concurrent forward passes of the
-    shared model in other threads never run this call's hook. Same output as model(x)."""
+    """The caller's model (shared, not copied) run through its own forward pass with a private identity `tap`
+    on the output of its last convolutional stage (CellNet.forward's `tap` argument). Captum hooks the tap, so
+    concurrent forward passes of the shared model in other threads never run this call's hook, and the map
+    always explains the network that predicts."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -102,9 +95,7 @@ class _TappedNet(nn.Module):
         self.tap = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        net = self.net
-        features = net.pool(self.tap(net.body(x))).flatten(1)
-        return net.head(net.dropout(features))
+        return self.net(x, tap=self.tap)
 
 
 # --- methods ---------------------------------------------------------------------------------------------------
@@ -156,14 +147,6 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target: int, noise: float = 0.
 
 
 METHODS: dict[str, Callable[..., np.ndarray]] = {"gradcam": gradcam, "smoothgrad": smoothgrad}
-
-
-def why_a_not_b(model: nn.Module, x: torch.Tensor, a: int, b: int, method: str = "gradcam",
-                **kw) -> dict[str, np.ndarray]:
-    """Maps for two classes side by side ("a", "b"), and "a_not_b": the map of logit[a] - logit[b], the pixels
-    that speak for a rather than b."""
-    fn = METHODS[method]
-    return {"a": fn(model, x, a, **kw), "b": fn(model, x, b, **kw), "a_not_b": fn(model, x, a, versus=b, **kw)}
 
 
 # --- sanity check (Adebayo et al. 2018) -------------------------------------------------------------------------
@@ -264,33 +247,3 @@ def deletion_curve(model: nn.Module, x: torch.Tensor, target: int, saliency_map:
             scores.append(torch.softmax(model(images).float(), dim=1)[:, int(target)].cpu().numpy())
     scores = np.concatenate(scores).astype(np.float64)
     return DeletionCurve(fractions, scores, float(np.trapezoid(scores, fractions)))
-
-
-# --- masks and display ------------------------------------------------------------------------------------------
-
-
-def mask_energy(saliency_map: np.ndarray, mask: np.ndarray) -> float:
-    """Share of the map's total value inside the cell (mask > 0: cytoplasm or nucleus), as in Score-CAM's
-    energy-based pointing game. The map is resized to the mask. NaN when undefined: an all-zero map, or an
-    empty mask (an artefact patch has no labelled cell)."""
-    mask = np.asarray(mask) > 0
-    m = resize_map(saliency_map, mask.shape).astype(np.float64)
-    total = m.sum()
-    if total <= 0 or not mask.any():
-        return float("nan")
-    return float(m[mask].sum() / total)
-
-
-def overlay(image_rgb_uint8, saliency_map: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
-    """The map in a colour map blended over the image (resized to the image): uint8 (H, W, 3) for display."""
-    import matplotlib
-
-    image = np.asarray(image_rgb_uint8)
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
-    image = image[..., :3].astype(np.float32) / 255.0
-    m = np.clip(resize_map(saliency_map, image.shape[:2]), 0.0, 1.0)
-    colours = matplotlib.colormaps[cmap](m)[..., :3]
-    alpha = float(np.clip(alpha, 0.0, 1.0))
-    blended = (1.0 - alpha) * image + alpha * colours
-    return np.clip(np.round(blended * 255.0), 0, 255).astype(np.uint8)

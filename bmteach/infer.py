@@ -20,11 +20,10 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from bmteach import runs
 from bmteach.augment import eval_transform
-from bmteach.data import read_manifest
 from bmteach.errors import CheckpointError
 from bmteach.models import CellNet, ModelMeta, load_checkpoint, pick_device
-from bmteach.runs import fold_checkpoint_dirs
 
 BATCH_SIZE = 32
 
@@ -37,6 +36,16 @@ class OofPrediction:
     pred: str
     fold: int
     probs: dict[str, float]
+
+
+@dataclass(frozen=True)
+class FoldChoice:
+    """The model that may answer for one image: `fold` for probabilities (None: the fold models' average),
+    `map_fold` for saliency maps and features, `usable` False when no model may answer; `reason` says why."""
+    fold: int | None
+    map_fold: int | None
+    usable: bool
+    reason: str
 
 
 def _normalise_relpath(relpath: str | Path) -> str:
@@ -78,19 +87,18 @@ class Predictor:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise CheckpointError(f"Run folder not found: {run_dir}.")
-        folds = fold_checkpoint_dirs(run_dir)
+        folds = runs.fold_checkpoint_dirs(run_dir)
         if not folds:
-            raise CheckpointError(f"{run_dir} holds no trained fold (no fold<k>/model.pt); train it first.")
+            raise CheckpointError(f"{run_dir} holds no trained fold (no fold<k>/{runs.MODEL}); train it first.")
         dev = pick_device(device)
         models, metas = {}, []
         for k, d in folds:
-            models[k], meta = load_checkpoint(d / "model.pt", device=dev)
+            models[k], meta = load_checkpoint(d / runs.MODEL, device=dev)
             metas.append(meta)
         _check_same_preprocessing(metas, run_dir)
         fold_by_path = {}
-        manifest = run_dir / "manifest.csv"
-        if manifest.is_file():
-            df = read_manifest(manifest)
+        if (run_dir / runs.MANIFEST).is_file():
+            df = runs.read_run_manifest(run_dir)
             fold_by_path = {_normalise_relpath(p): int(f) for p, f in zip(df["path"], df["fold"])}
         return cls(models, metas[0], dev, fold_by_path, run_dir)
 
@@ -152,12 +160,27 @@ class Predictor:
                 out.append(probs.cpu().numpy())
         return np.concatenate(out)
 
-    def honest_proba(self, image: Image.Image, relpath: str | Path | None = None) -> tuple[np.ndarray, int | None]:
-        """(C,) probabilities from no model that trained on this image, and the fold used: a data-set image of
-        the run goes to the fold model that held it out; an upload (or an image outside the run's manifest)
-        gets the fold models' average (fold None)."""
+    def choose_fold(self, relpath: str | Path | None = None) -> "FoldChoice":
+        """Which model may honestly answer for an image, and the sentence that says why.
+
+        A data-set image of the run goes to the fold model that held it out (an out-of-fold prediction); if
+        that fold is not trained yet, every trained model learnt from the image and none may answer. An image
+        outside the manifest, or an upload, belongs to no fold: the fold models' probabilities are averaged and
+        the maps explain the first fold's model (maps of different models are never averaged)."""
+        n = len(self.folds)
         fold = self.fold_of(relpath) if relpath is not None else None
-        return self.predict_proba([image], fold=fold)[0], fold
+        if fold is not None and fold not in self._models:
+            return FoldChoice(None, None, False,
+                              f"This image was held out in fold {fold}, whose model is not trained yet; every trained "
+                              "fold model learnt from it, so none can predict it honestly. Pick another image, or "
+                              "come back when the run is complete.")
+        if fold is not None:
+            return FoldChoice(fold, fold, True,
+                              f"the fold-{fold} model, which did not train on this image: the run held it out in "
+                              f"fold {fold} (an out-of-fold prediction)")
+        why = ("this image is not in the run's manifest, so no fold model trained on it" if relpath is not None
+               else "an upload belongs to no fold")
+        return FoldChoice(None, self.folds[0], True, f"the average of the {n} fold models: {why}")
 
     def features(self, images: list[Image.Image], fold: int | None = None,
                  batch_size: int = BATCH_SIZE) -> np.ndarray:
@@ -178,28 +201,17 @@ class Predictor:
             return None
         return self._oof_rows().get(_normalise_relpath(relpath))
 
-    def _oof_files(self) -> list[Path]:
-        """run/oof.csv once evaluate wrote it; before that, the finished folds' own fold<k>/oof.csv."""
-        whole = self.run_dir / "oof.csv"
-        if whole.is_file():
-            return [whole]
-        return [d / "oof.csv" for _, d in fold_checkpoint_dirs(self.run_dir) if (d / "oof.csv").is_file()]
-
     def _oof_rows(self) -> dict[str, OofPrediction]:
-        files = self._oof_files()
-        key = tuple((str(f), f.stat().st_mtime_ns) for f in files)
+        key = runs.run_stamp(self.run_dir)
         with self._oof_lock:  # re-read only when training or evaluate rewrote a file
             if self._oof is None or self._oof[0] != key:
-                rows: dict[str, OofPrediction] = {}
-                for f in files:
-                    rows.update(read_oof(f))
-                self._oof = (key, rows)
+                table = runs.read_oof(self.run_dir)
+                self._oof = (key, {} if table is None else oof_rows(table))
             return self._oof[1]
 
 
-def read_oof(path: str | Path) -> dict[str, OofPrediction]:
-    """oof.csv (path,true,pred,fold,prob_<ABBR>...) -> {relpath: OofPrediction}."""
-    df = pd.read_csv(path, dtype={"path": str, "true": str, "pred": str})
+def oof_rows(df: pd.DataFrame) -> dict[str, OofPrediction]:
+    """An out-of-fold table (path,true,pred,fold,prob_<ABBR>...) -> {relpath: OofPrediction}."""
     prob_cols = [c for c in df.columns if c.startswith("prob_")]
     probs = df[prob_cols].to_numpy(dtype=float)
     names = [c[len("prob_"):] for c in prob_cols]
@@ -208,3 +220,5 @@ def read_oof(path: str | Path) -> dict[str, OofPrediction]:
         rel = _normalise_relpath(p)
         rows[rel] = OofPrediction(rel, t, pr, int(f), dict(zip(names, probs[i].tolist())))
     return rows
+
+

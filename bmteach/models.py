@@ -18,6 +18,7 @@ from torch import nn
 
 from bmteach.classes import ABBRS
 from bmteach.errors import CheckpointError
+from bmteach.runs import META, MODEL
 from bmteach.storage import atomic_write_bytes, atomic_write_json
 
 # RGB mean/std of the full data set (0-1 scale); the synthetic cells are calibrated to the same statistics.
@@ -62,11 +63,14 @@ class CellNet(nn.Module):
         """The last convolutional stage: where Grad-CAM looks."""
         return self.body[-1]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.body(x)).flatten(1)
+    def forward_features(self, x: torch.Tensor, tap: nn.Module | None = None) -> torch.Tensor:
+        """Penultimate features; `tap` (an identity module) sees the last stage's output, so Grad-CAM can hook
+        a private module instead of the shared model's own layer."""
+        stage = self.body(x)
+        return self.pool(tap(stage) if tap is not None else stage).flatten(1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.forward_features(x)))
+    def forward(self, x: torch.Tensor, tap: nn.Module | None = None) -> torch.Tensor:
+        return self.head(self.dropout(self.forward_features(x, tap)))
 
 
 def _conv_block(cin: int, cout: int, pool: bool) -> nn.Sequential:
@@ -169,13 +173,13 @@ def save_checkpoint(model: nn.Module, meta: ModelMeta, path: str | Path) -> None
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
-    atomic_write_json(path.with_name("meta.json"), asdict(meta))
+    atomic_write_json(path.with_name(META), asdict(meta))
 
 
 def read_meta(path: str | Path) -> ModelMeta:
     """meta.json of a checkpoint (path may be the model.pt, meta.json or their folder)."""
     path = Path(path)
-    meta_path = path / "meta.json" if path.is_dir() else path.with_name("meta.json")
+    meta_path = path / META if path.is_dir() else path.with_name(META)
     if not meta_path.is_file():
         raise CheckpointError(f"No meta.json beside the checkpoint {path}; it cannot be loaded without it.")
     try:
@@ -191,7 +195,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     """Rebuild the model from meta.json and load model.pt with weights_only=True; eval mode, on `device`."""
     path = Path(path)
     if path.is_dir():
-        path = path / "model.pt"
+        path = path / MODEL
     meta = read_meta(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint not found: {path}.")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bmteach.classes import ABBRS
 from bmteach.errors import UserError
-from bmteach.runs import fold_checkpoint_dirs
+from bmteach.runs import META, fold_checkpoint_dirs
 from bmteach.storage import DEMO_RUN, atomic_write_json, default_data_dir, home
 
 DATA_ENV = "BMTEACH_DATA"
@@ -120,7 +120,7 @@ def validate_run_dir(path: str | Path) -> Path:
 
 def trained_folds(run_dir: str | Path) -> list[int]:
     """Fold numbers that have a checkpoint and its metadata, in order."""
-    return [k for k, d in fold_checkpoint_dirs(run_dir) if (d / "meta.json").is_file()]
+    return [k for k, d in fold_checkpoint_dirs(run_dir) if (d / META).is_file()]
 
 
 def known_runs() -> list[Path]:

@@ -32,6 +32,7 @@ from bmteach.augment import BalancedSampler, derive_seed, eval_transform, train_
 from bmteach.classes import ABBRS
 from bmteach.errors import CheckpointError, UserError
 from bmteach.models import DATASET_MEAN, DATASET_STD, MODELS, CellNet, ModelMeta, create_model, save_checkpoint
+from bmteach import runs
 from bmteach.runs import PARENT_LOCK_ENV, fold_is_complete
 from bmteach.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -94,7 +95,7 @@ class CellImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, item):
-        from bmteach.data import load_image, safe_join
+        from bmteach.images import load_image, safe_join
 
         index, seed = item if isinstance(item, tuple) else (item, None)
         image = load_image(safe_join(self.root, self.paths[index]))
@@ -361,7 +362,7 @@ def train_fold(cfg: TrainConfig, run_dir: Path, root: Path, manifest: pd.DataFra
     Returns the trained model, or None when stopped early by `stop_after_epoch` (a test hook: the effect of a
     kill right after that epoch's checkpoint)."""
     dist = dist or Dist()
-    fold_dir = run_dir / f"fold{fold}"
+    fold_dir = runs.fold_dir(run_dir, fold)
     if dist.main:
         fold_dir.mkdir(parents=True, exist_ok=True)
     train_df, val_df = split_fold(manifest, fold)
@@ -372,10 +373,10 @@ def train_fold(cfg: TrainConfig, run_dir: Path, root: Path, manifest: pd.DataFra
     sampler = SeededSampler(balanced, cfg.seed, fold)
     loader = make_loader(dataset, sampler, cfg.batch_size, device, workers)
     state = build_fold_state(cfg, fold, len(loader), device, dist)
-    last_pt = fold_dir / "last.pt"
+    last_pt = fold_dir / runs.LAST
     if last_pt.is_file():
         load_training_state(state, last_pt)
-    log = ProgressLog(fold_dir / "progress.jsonl" if dist.main else None, fold, cfg.epochs, len(loader),
+    log = ProgressLog(fold_dir / runs.PROGRESS if dist.main else None, fold, cfg.epochs, len(loader),
                       cfg.batch_size * dist.world_size)
     bar = _progress_bar(fold, cfg.epochs, len(loader), state.epoch) if dist.main else None
     try:
@@ -407,13 +408,13 @@ def finish_fold(cfg: TrainConfig, state: FoldState, fold_dir: Path, root: Path, 
                      cfg.classes)
     probs = predict_probabilities(state.model, make_loader(val, None, cfg.batch_size * 2, device, workers), device)
     oof = oof_frame(val_df, probs, cfg.classes, fold)
-    atomic_write_text(fold_dir / "oof.csv", oof.to_csv(index=False, float_format="%.6g"))  # 6 digits: small files
+    atomic_write_text(fold_dir / runs.OOF, oof.to_csv(index=False, float_format=runs.OOF_FLOAT_FORMAT))
     summary = fold_summary(oof, state.history)
     meta = ModelMeta(model=cfg.model, classes=list(cfg.classes), image_size=cfg.image_size, mean=list(cfg.mean),
                      std=list(cfg.std), fold=fold, seed=cfg.seed, epoch=state.epoch, epochs=cfg.epochs,
                      complete=True, metrics=summary)
-    save_checkpoint(state.model, meta, fold_dir / "model.pt")
-    (fold_dir / "last.pt").unlink(missing_ok=True)
+    save_checkpoint(state.model, meta, fold_dir / runs.MODEL)
+    (fold_dir / runs.LAST).unlink(missing_ok=True)
     last = state.history[-1] if state.history else {"loss": float("nan"), "accuracy": float("nan")}
     log.write(cfg.epochs, log.steps, last["loss"], last["accuracy"], phase="done", val_accuracy=summary["accuracy"])
 
@@ -429,55 +430,26 @@ def _progress_bar(fold: int, epochs: int, steps: int, done_epochs: int):
 # --- the whole run -----------------------------------------------------------------------------------------
 
 def fold_complete(run_dir: Path, fold: int) -> bool:
-    return fold_is_complete(run_dir / f"fold{fold}")
+    return fold_is_complete(runs.fold_dir(run_dir, fold))
 
 
 def prepare_run(cfg: TrainConfig, run_dir: Path, manifest: pd.DataFrame, resume: bool) -> None:
     """Write config.json and manifest.csv for a new run; refuse to overwrite one unless resuming."""
-    if (run_dir / "config.json").is_file() and not resume:
+    if (run_dir / runs.CONFIG).is_file() and not resume:
         raise UserError(f"{run_dir} already holds a run; add --resume to continue it or choose another --out.")
     from bmteach.data import write_manifest
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_manifest(manifest, run_dir / "manifest.csv")
-    atomic_write_json(run_dir / "config.json", asdict(cfg))  # last: config.json marks a prepared run
-
-
-def write_run_oof(run_dir: Path, manifest: pd.DataFrame, num_folds: int) -> pd.DataFrame:
-    """RUN/oof.csv: every fold's predictions in manifest order; checks each image is predicted exactly once."""
-    parts = [pd.read_csv(run_dir / f"fold{k}" / "oof.csv", keep_default_na=False) for k in range(num_folds)]
-    oof = pd.concat(parts, ignore_index=True)
-    if oof["path"].duplicated().any() or set(oof["path"]) != set(manifest["path"]):
-        raise UserError(f"The fold predictions in {run_dir} do not cover the manifest exactly once; "
-                        "retrain the folds that changed.")
-    order = {p: i for i, p in enumerate(manifest["path"])}
-    oof = oof.sort_values("path", key=lambda s: s.map(order)).reset_index(drop=True)
-    atomic_write_text(run_dir / "oof.csv", oof.to_csv(index=False, float_format="%.6g"))
-    return oof
-
-
-def evaluate_if_available(run_dir: Path) -> int:
-    """Run bmteach.evaluate (metrics.json, table, confusion matrix) when that module exists."""
-    try:
-        from bmteach.evaluate import evaluate_run
-    except ImportError:
-        print("note: bmteach.evaluate is not available; metrics.json was not written.", file=sys.stderr)
-        return 0
-    try:
-        evaluate_run(run_dir)
-    except Exception as exc:  # training is done and saved; say how to retry the evaluation alone
-        print(f"error: training finished but evaluation failed ({exc}); run `python -m bmteach evaluate "
-              f"{run_dir}`.", file=sys.stderr)
-        return 1
-    return 0
+    write_manifest(manifest, run_dir / runs.MANIFEST)
+    atomic_write_json(run_dir / runs.CONFIG, asdict(cfg))  # last: config.json marks a prepared run
 
 
 def run_training(cfg: TrainConfig, run_dir: Path, manifest: pd.DataFrame, root: Path, device: torch.device,
                  workers: int | None = None, resume: bool = False, dist: Dist | None = None,
-                 stop_after_epoch: int | None = None, finalize: bool = True,
-                 report: Callable[[str], None] | None = None) -> int:
-    """Train cfg.folds in turn into run_dir (the caller holds its lock), then, when every fold of the split is
-    done and `finalize`, join the predictions into RUN/oof.csv and evaluate. Returns a process exit status."""
+                 stop_after_epoch: int | None = None, report: Callable[[str], None] | None = None) -> int:
+    """Train cfg.folds in turn into run_dir (the caller holds its lock). Joining the folds' predictions and
+    scoring them is the caller's next step (runs.write_oof, evaluate.evaluate_run). report(sentence) hears about
+    folds skipped as already complete. Returns an exit status."""
     dist = dist or Dist()
     workers = default_workers(device) if workers is None else workers
     check_folds(cfg.folds, manifest, cfg.num_folds)
@@ -486,14 +458,11 @@ def run_training(cfg: TrainConfig, run_dir: Path, manifest: pd.DataFrame, root: 
             if dist.main and report:
                 report(f"fold {fold}: already complete")
             continue
-        if not resume and (run_dir / f"fold{fold}" / "last.pt").is_file():
+        if not resume and (runs.fold_dir(run_dir, fold) / runs.LAST).is_file():
             raise UserError(f"Fold {fold} of {run_dir} was interrupted; add --resume to continue it.")
         model = train_fold(cfg, run_dir, root, manifest, fold, device, workers, dist, stop_after_epoch)
         if model is None:
             return 0
-    if finalize and dist.main and all(fold_complete(run_dir, k) for k in range(cfg.num_folds)):
-        write_run_oof(run_dir, manifest, cfg.num_folds)
-        return evaluate_if_available(run_dir)
     return 0
 
 
@@ -548,3 +517,4 @@ def run_parallel_folds(argv: list[str], folds: list[int]) -> int:
         for p in procs:
             p.terminate()
         raise
+

@@ -11,7 +11,8 @@ from PIL import Image
 from bmteach.__main__ import main
 from bmteach.classes import ABBRS
 from bmteach.errors import UserError
-from bmteach.evaluate import evaluate_run, external_report
+from bmteach.evaluate import evaluate_run
+from bmteach.external import evaluate_external, external_report
 from bmteach.metrics import compute_metrics
 
 # fold 0: 2 NGB (one called NGS), 1 NGS, 1 MON | fold 1: 1 NGB, 2 NGS (one called NGB), 1 MON called EOS
@@ -80,33 +81,30 @@ def test_confusion_files_are_row_normalised_and_readable(tmp_path):
         assert im.format == "PNG" and im.width >= 1000 and im.height >= 900   # 21x21 cells at a readable size
 
 
-def test_coverage_problems_are_warned_about(tmp_path):
-    rows = ROWS + [("NGB/a.jpg", "NGB", "NGB", 1)]                       # a.jpg predicted in folds 0 and 1
-    manifest = [(p, t, f) for p, t, _, f in ROWS] + [("EOS/z.jpg", "EOS", 1)]   # z.jpg never predicted
-    run = make_run(tmp_path, rows, manifest)
-    metrics = evaluate_run(run)
-    text = " ".join(metrics["warnings"])
-    assert "1 image(s) are predicted more than once" in text and "NGB/a.jpg" in text
-    assert "1 of 9 manifest image(s) have no out-of-fold prediction" in text and "EOS/z.jpg" in text
-    assert metrics["coverage"]["duplicated"] == 1 and metrics["coverage"]["missing"] == 1
+def test_an_image_predicted_twice_or_never_is_an_error_naming_it(tmp_path):
+    manifest = [(p, t, f) for p, t, _, f in ROWS]
+    doubled = make_run(tmp_path, ROWS + [("NGB/a.jpg", "NGB", "NGB", 1)], manifest, name="doubled")  # folds 0 and 1
+    with pytest.raises(UserError, match=r"1 image\(s\) of .* are predicted more than once \(NGB/a.jpg\)"):
+        evaluate_run(doubled)
+    missing = make_run(tmp_path, ROWS, manifest + [("EOS/z.jpg", "EOS", 1)], name="missing")  # z.jpg: never predicted
+    with pytest.raises(UserError, match=r"1 of 9 manifest image\(s\) .* \(EOS/z.jpg\); train fold\(s\) 1 first"):
+        evaluate_run(missing)
+    assert not (missing / "metrics.json").exists() and not (missing / "oof.csv").exists()
 
 
-def test_fold_column_disagreeing_with_its_folder_is_warned_about(tmp_path):
+def test_fold_column_disagreeing_with_the_manifest_is_an_error(tmp_path):
     run = make_run(tmp_path)
     text = (run / "fold1" / "oof.csv").read_text().replace("MON/h.jpg,MON,EOS,1", "MON/h.jpg,MON,EOS,0")
     (run / "fold1" / "oof.csv").write_text(text)
-    assert any("fold1/oof.csv name another fold" in w for w in evaluate_run(run)["warnings"])
+    with pytest.raises(UserError, match=r"1 prediction\(s\) .* disagree with manifest.csv .* \(MON/h.jpg\)"):
+        evaluate_run(run)
 
 
 def test_stale_run_oof_is_rebuilt_and_a_lone_run_oof_is_used(tmp_path):
     run = make_run(tmp_path)
     (run / "oof.csv").write_text(oof_text(ROWS[:2]))                     # stale: written before fold 1 ended
     assert evaluate_run(run)["n"] == 8
-    # training writes run/oof.csv in manifest order: same predictions, other order -> kept untouched
-    reordered = oof_text(ROWS[::-1])
-    (run / "oof.csv").write_text(reordered)
-    evaluate_run(run)
-    assert (run / "oof.csv").read_text() == reordered
+    assert pd.read_csv(run / "oof.csv")["path"].tolist() == [r[0] for r in ROWS]   # manifest order
     lone = tmp_path / "lone"
     lone.mkdir()
     (lone / "oof.csv").write_text(oof_text(ROWS))
@@ -191,7 +189,6 @@ def make_external_set(tmp_path):
 
 
 def test_evaluate_external_with_a_run_that_always_says_ngs(tmp_path, capsys):
-    pytest.importorskip("bmteach.infer")
     run = make_constant_run(tmp_path, "NGS")
     root, mapping = make_external_set(tmp_path)
     assert main(["evaluate-external", "--run", str(run), "--data", str(root), "--mapping", str(mapping)]) == 0
@@ -208,8 +205,6 @@ def test_evaluate_external_with_a_run_that_always_says_ngs(tmp_path, capsys):
 
 
 def test_evaluate_external_counts_artefact_predictions(tmp_path):
-    pytest.importorskip("bmteach.infer")
-    from bmteach.evaluate import evaluate_external
 
     run = make_constant_run(tmp_path, "ART")
     root, mapping = make_external_set(tmp_path)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from bmteach import explain
+from bmteach import explain, maps
 from bmteach.models import CellNet, create_model
 
 SIZE = 64
@@ -130,13 +130,12 @@ def test_smoothgrad_reports_progress_in_batches_and_seed_matters(seq):
     assert not np.array_equal(a, explain.smoothgrad(seq, x, 2, samples=7, batch_size=3, seed=1))
 
 
-def test_why_a_not_b_uses_the_logit_difference():
-    x = toy_image()
-    maps = explain.why_a_not_b(toy_model(), x, 1, 0)
-    assert maps["b"].max() == 0.0                       # class 0's logit never changes: no evidence anywhere
-    np.testing.assert_allclose(maps["a_not_b"], maps["a"], atol=1e-6)  # logit1 - logit0 == logit1
-    back = explain.why_a_not_b(toy_model(), x, 0, 1)
-    assert back["a_not_b"].max() == 0.0                 # nothing speaks for 0 rather than 1
+def test_contrast_map_uses_the_logit_difference():
+    x, model = toy_image(), toy_model()
+    a, b = explain.gradcam(model, x, 1), explain.gradcam(model, x, 0)
+    assert b.max() == 0.0                               # class 0's logit never changes: no evidence anywhere
+    np.testing.assert_allclose(explain.gradcam(model, x, 1, versus=0), a, atol=1e-6)  # logit1 - logit0 == logit1
+    assert explain.gradcam(model, x, 0, versus=1).max() == 0.0  # nothing speaks for 0 rather than 1
 
 
 def test_explain_refuses_batches_and_training_mode(seq):
@@ -228,27 +227,27 @@ def test_mask_energy_known_shares():
     m[:, :2] = 1.0
     left = np.zeros((4, 4), np.uint8)
     left[:, :2] = 2                                   # nucleus label counts as inside the cell
-    assert explain.mask_energy(m, left) == pytest.approx(1.0)
+    assert maps.mask_energy(m, left) == pytest.approx(1.0)
     top = np.zeros((4, 4), np.uint8)
     top[:2] = 1
-    assert explain.mask_energy(m, top) == pytest.approx(0.5)
+    assert maps.mask_energy(m, top) == pytest.approx(0.5)
     big = np.zeros((8, 8), np.uint8)
     big[:, :4] = 1
     # A 2x2 map [1, 0] per row resized bilinearly to 8 columns: 1, 1, .875, .625, .375, .125, 0, 0 -> 3.5 / 4.
-    assert explain.mask_energy(np.array([[1.0, 0.0], [1.0, 0.0]]), big) == pytest.approx(0.875)
-    assert np.isnan(explain.mask_energy(np.zeros((4, 4)), top))
-    assert np.isnan(explain.mask_energy(m, np.zeros((4, 4), np.uint8)))  # no cell labelled
+    assert maps.mask_energy(np.array([[1.0, 0.0], [1.0, 0.0]]), big) == pytest.approx(0.875)
+    assert np.isnan(maps.mask_energy(np.zeros((4, 4)), top))
+    assert np.isnan(maps.mask_energy(m, np.zeros((4, 4), np.uint8)))  # no cell labelled
 
 
 def test_overlay_blends_colour_map_over_image():
     image = np.full((10, 12, 3), 200, np.uint8)
     m = np.zeros((5, 6), np.float32)
-    out = explain.overlay(image, m, alpha=0.0)
+    out = maps.overlay(image, m, alpha=0.0)
     assert out.dtype == np.uint8 and out.shape == (10, 12, 3)
     np.testing.assert_array_equal(out, image)
-    full = explain.overlay(image, m, alpha=1.0, cmap="jet")
+    full = maps.overlay(image, m, alpha=1.0, cmap="jet")
     np.testing.assert_array_equal(full[0, 0], [0, 0, 128])      # jet(0) is dark blue
-    half = explain.overlay(image, np.ones((5, 6)), alpha=0.5, cmap="jet")
+    half = maps.overlay(image, np.ones((5, 6)), alpha=0.5, cmap="jet")
     np.testing.assert_array_equal(half[0, 0], [164, 100, 100])  # (200 + jet(1) = (128, 0, 0)) / 2
 
 

@@ -154,14 +154,20 @@ def oof_frame(rows: list[tuple[str, str, str, int]], p_first: float) -> pd.DataF
 def test_oof_reads_the_runs_own_predictions(run):
     p = Predictor.from_run(run, device="cpu")
     assert p.oof(PATHS[0]) is None                       # nothing predicted yet
-    oof_frame([(PATHS[0], "BLA", "BLA", 0)], 0.8).to_csv(run / "fold0" / "oof.csv", index=False)
-    row = p.oof(PATHS[0])                                # a finished fold's own file
+    oof_frame([(PATHS[0], "BLA", "BLA", 0), (PATHS[2], "LYT", "BLA", 0)], 0.8).to_csv(
+        run / "fold0" / "oof.csv", index=False)          # fold 0 finished: its own file
+    row = p.oof(PATHS[0])
     assert (row.true, row.pred, row.fold) == ("BLA", "BLA", 0)
     assert row.probs["BLA"] == pytest.approx(0.8) and len(row.probs) == len(ABBRS)
-    oof_frame([(PATHS[0], "BLA", "LYT", 0), (PATHS[1], "BLA", "BLA", 1)], 0.3).to_csv(
-        run / "oof.csv", index=False)                   # evaluate's whole-run file takes over
-    assert p.oof(PATHS[0]).pred == "LYT" and p.oof(PATHS[1]).fold == 1
+    assert p.oof(PATHS[1]) is None                       # fold 1 has not finished
     assert p.oof("BLA/BLA_99999.jpg") is None
+
+
+def test_oof_of_a_run_shipped_with_only_its_joined_file(tmp_path):
+    run = make_run(tmp_path / "shipped")
+    oof_frame([(PATHS[0], "BLA", "LYT", 0), (PATHS[1], "BLA", "BLA", 1)], 0.3).to_csv(run / "oof.csv", index=False)
+    p = Predictor.from_run(run, device="cpu")
+    assert p.oof(PATHS[0]).pred == "LYT" and p.oof(PATHS[1]).fold == 1
 
 
 def test_concurrent_predictions_equal_serial_ones(run):
@@ -187,13 +193,21 @@ def test_concurrent_predictions_equal_serial_ones(run):
         np.testing.assert_allclose(r, expected, atol=1e-6)
 
 
-def test_honest_proba_picks_the_held_out_fold_or_averages(run):
+def test_choose_fold_picks_the_held_out_fold_or_averages(run):
     p = Predictor.from_run(run, device="cpu")
-    im = images(1)[0]
-    probs, fold = p.honest_proba(im, "LYT/LYT_00002.jpg")        # held out in fold 1
-    assert fold == 1
-    np.testing.assert_allclose(probs, p.predict_proba([im], fold=1)[0])
-    probs, fold = p.honest_proba(im)                              # an upload
-    assert fold is None
-    np.testing.assert_allclose(probs, p.predict_proba([im])[0])
+    held_out = p.choose_fold("LYT/LYT_00002.jpg")                  # held out in fold 1
+    assert (held_out.fold, held_out.map_fold, held_out.usable) == (1, 1, True)
+    assert "fold-1 model, which did not train on this image" in held_out.reason
+    upload = p.choose_fold(None)
+    assert (upload.fold, upload.map_fold, upload.usable) == (None, 0, True)
+    assert "average of the 2 fold models: an upload belongs to no fold" in upload.reason
+    outside = p.choose_fold("BLA/elsewhere.jpg")
+    assert outside.fold is None and "not in the run's manifest" in outside.reason
     assert p.data_paths == sorted(PATHS)
+
+
+def test_choose_fold_refuses_an_image_whose_fold_is_not_trained(tmp_path):
+    p = Predictor.from_run(make_run(tmp_path / "half", folds=(0,)), device="cpu")
+    choice = p.choose_fold("LYT/LYT_00002.jpg")                    # fold 1 has no model
+    assert not choice.usable and choice.fold is None
+    assert "held out in fold 1, whose model is not trained yet" in choice.reason
