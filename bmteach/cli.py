@@ -171,10 +171,10 @@ def config_from_args(args, root: Path, manifest):
 
 def resumed_config(run_dir: Path, args):
     """On --resume the saved config decides the result; only --folds may pick other folds of the same split."""
-    from bmteach.runs import open_run
+    from bmteach.runs import read_config
     from bmteach.train import TrainConfig
 
-    cfg = TrainConfig.from_dict(open_run(run_dir).config)
+    cfg = TrainConfig.from_dict(read_config(run_dir))
     if args.folds is not None:
         cfg.folds = parse_folds(args.folds, cfg.num_folds)
     return cfg
@@ -235,7 +235,7 @@ def cli_train(args) -> int:
         if dist.main:
             if resume:
                 cfg = resumed_config(run_dir, args)
-                manifest = train.read_run_manifest(run_dir)
+                manifest = runs.read_run_manifest(run_dir)
             else:
                 manifest = train.build_or_read_manifest(root, args.manifest, args.num_folds, args.seed, report=note)
                 cfg = config_from_args(args, root, manifest)
@@ -245,7 +245,7 @@ def cli_train(args) -> int:
         if not dist.main:  # the other ranks read what rank 0 prepared (the default data set exists by now)
             root = train.resolve_data_root(args.data)
             cfg = resumed_config(run_dir, args)
-            manifest = train.read_run_manifest(run_dir)
+            manifest = runs.read_run_manifest(run_dir)
         if cfg.finetune == "head" and not cfg.pretrained and dist.main:
             note("--finetune head without --pretrained trains a classifier on random features.")
         if args.parallel_folds:
@@ -397,6 +397,48 @@ def cli_predict(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# features, embed: the feature map
+# --------------------------------------------------------------------------------------------------------------
+
+def _fraction_bar(label: str):
+    """A progress(done, total, *stage) callback printing one updating line on stderr."""
+    def progress(done, total, *stage) -> None:
+        share = done / total if total else 1.0
+        print(f"\r{label}: {share:5.1%} {stage[0] if stage else ''}".rstrip(), end="", file=sys.stderr, flush=True)
+    return progress
+
+
+def cli_features(args) -> int:
+    from bmteach.features import ExtractOptions, run_features, skipped_summary
+
+    started = time.perf_counter()
+    options = ExtractOptions(device=args.device, batch_size=args.batch_size, workers=args.workers)
+    table = run_features(args.run, args.data, progress=_fraction_bar("features"), options=options)
+    print(file=sys.stderr)
+    n, width = table.features.shape
+    print(f"{n:,} x {width} features (float16) of {args.run} in {table.folder} "
+          f"({time.perf_counter() - started:.1f} s; extraction {table.meta.get('images_per_s', '?')} images/s "
+          f"on {table.meta.get('device', '?')}).")
+    if skipped_summary(table):
+        note(skipped_summary(table))
+    return 0
+
+
+def cli_embed(args) -> int:
+    from bmteach.embed import EmbedParams, embed_run
+    from bmteach.features import ExtractOptions
+
+    started = time.perf_counter()
+    params = EmbedParams(pca_dims=args.pca_dims, n_neighbors=args.neighbors, min_dist=args.min_dist, seed=args.seed)
+    emb = embed_run(args.run, args.data, params, progress=_fraction_bar("map"),
+                    options=ExtractOptions(device=args.device))
+    print(file=sys.stderr)
+    print(f"{len(emb.coords):,} points mapped to 2-d in {emb.path} ({time.perf_counter() - started:.1f} s; "
+          f"UMAP {emb.info.get('seconds', '?')} s when computed; parameters in {emb.path.with_suffix('.json').name}).")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
 # the parser
 # --------------------------------------------------------------------------------------------------------------
 
@@ -482,11 +524,33 @@ def _add_predict(sub):
     p.set_defaults(handler=cli_predict)
 
 
+def _add_features(sub):
+    p = sub.add_parser("features", help="penultimate features of a run's images, each from its held-out fold model")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", help="data folder the manifest is relative to (default: the run's, else built-in)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default 64 CPU, 512 GPU)")
+    p.add_argument("--workers", type=int, default=None, help="decoding workers (default: 1 on CPU, 8 on a GPU)")
+    p.set_defaults(handler=cli_features)
+
+
+def _add_embed(sub):
+    p = sub.add_parser("embed", help="the feature map: PCA then UMAP of a run's features (cached)")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", help="data folder the manifest is relative to (default: the run's, else built-in)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="for the features")
+    p.add_argument("--pca-dims", type=int, default=50)
+    p.add_argument("--neighbors", type=int, default=15, help="UMAP n_neighbors")
+    p.add_argument("--min-dist", type=float, default=0.1, help="UMAP min_dist")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=cli_embed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bmteach", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_index, _add_metrics, _add_synth, _add_train, _add_evaluate, _add_evaluate_external,
-                _add_predict):
+                _add_predict, _add_features, _add_embed):
         add(sub)
     return parser
 

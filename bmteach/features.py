@@ -1,0 +1,292 @@
+"""Penultimate features of every image of a run's manifest, each from the fold model that held the image out.
+
+The map of the feature space should show what a model learnt, not what it memorised: an image of fold k is
+therefore passed through the fold-k model only (the one that never trained on it), like its out-of-fold
+prediction. The features are stored once per (run stamp, data stamp) under BMTEACH_HOME/cache/features/<key>/:
+
+    features.npy   (n, F) float16, read back memory-mapped (171,374 x 2048 is 0.7 GB)
+    rows.csv       row,path,label,fold: row i of features.npy (row ids are the map's point ids)
+    meta.json      run, data root, stamps, model, feature width, skipped images and why, timings
+
+Decoding and resizing run in DataLoader workers; on CUDA the forward pass uses large batches and bf16 autocast.
+torch is imported inside the functions that compute, so reading a cached table stays light.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bmteach import runs
+from bmteach.errors import UserError
+from bmteach.storage import atomic_write_json, cache_dir, read_json
+
+FEATURES = "features.npy"
+ROWS = "rows.csv"
+META = "meta.json"
+FORMAT_VERSION = 1
+CPU_BATCH, CUDA_BATCH = 64, 512
+
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+@dataclass
+class FeatureTable:
+    """Features of a run's manifest images: features[i] belongs to rows.iloc[i] (row id i)."""
+    features: np.ndarray          # (n, F) float16, memory-mapped
+    rows: pd.DataFrame            # row, path, label, fold
+    meta: dict
+    folder: Path
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
+class ExtractOptions:
+    """How to run the extraction (none of it changes the result beyond bf16 rounding on CUDA)."""
+    device: str = "auto"
+    batch_size: int | None = None      # default: CPU_BATCH, or CUDA_BATCH on a GPU
+    workers: int | None = None         # default: min(8, cores) on a GPU, 1 on CPU (the forward pass needs the cores)
+    autocast: bool = True              # bf16 on CUDA only
+    extra: dict = field(default_factory=dict)
+
+
+# --- where and under which key ----------------------------------------------------------------------------------
+
+def data_stamp(data_root: str | Path) -> tuple:
+    """Changes when the data folder is replaced or its class folders change (cheap: no scan of every file).
+    A regenerated synthetic set carries a new synth.json, which is part of the stamp."""
+    root = Path(data_root).resolve()
+    parts: list = [str(root)]
+    for p in [root, *sorted(d for d in root.iterdir() if d.is_dir())] if root.is_dir() else []:
+        parts.append((p.name, p.stat().st_mtime_ns))
+    description = root / "synth.json"
+    if description.is_file():
+        parts.append(hashlib.sha1(description.read_bytes()).hexdigest())
+    return tuple(parts)
+
+
+def cache_key(run_dir: str | Path, data_root: str | Path) -> str:
+    stamp = json.dumps([FORMAT_VERSION, str(Path(run_dir).resolve()), runs.run_stamp(run_dir), data_stamp(data_root)],
+                       default=str)
+    return hashlib.sha1(stamp.encode()).hexdigest()[:16]
+
+
+def features_root() -> Path:
+    path = cache_dir() / "features"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_folder(run_dir: str | Path, data_root: str | Path) -> Path:
+    return features_root() / cache_key(run_dir, data_root)
+
+
+def resolve_data_root(run_dir: str | Path, data: str | Path | None = None) -> Path:
+    """The folder the manifest's paths are relative to: `data` when given, else the run's config data_root when
+    it exists, else the built-in synthetic set (the demo run was trained on it; generated on first use)."""
+    if data is not None and str(data) != "default":
+        root = Path(data).expanduser()
+        if not root.is_dir():
+            raise UserError(f"Data folder not found: {root}.")
+        return root.resolve()
+    configured = runs.read_config(run_dir).get("data_root")
+    if configured and str(configured) != "default" and Path(configured).is_dir():
+        return Path(configured).resolve()
+    from bmteach.synth import ensure_default_dataset
+    return ensure_default_dataset()
+
+
+# --- reading the cache ------------------------------------------------------------------------------------------
+
+def _read_folder(folder: Path) -> FeatureTable:
+    rows = pd.read_csv(folder / ROWS, dtype={"path": str, "label": str}, keep_default_na=False)
+    return FeatureTable(np.load(folder / FEATURES, mmap_mode="r"), rows, read_json(folder / META), folder)
+
+
+def load_features(run_dir: str | Path, data_root: str | Path) -> FeatureTable | None:
+    """The cached features of this run on this data, or None when they are not computed yet (no torch)."""
+    folder = cache_folder(run_dir, data_root)
+    if not (folder / META).is_file():
+        return None
+    return _read_folder(folder)
+
+
+def _lock_for(key: str) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(key, threading.Lock())
+
+
+def run_features(run_dir: str | Path, data: str | Path | None = None, progress=None,
+                 options: ExtractOptions | None = None) -> FeatureTable:
+    """The run's feature table: from the cache, or computed now (progress(done, total) while it runs).
+    Sessions of one process asking at once compute it once; another process computing the same key at the same
+    time only costs duplicate work (the folder is swapped in atomically)."""
+    root = resolve_data_root(run_dir, data)
+    key = cache_key(run_dir, root)
+    with _lock_for(key):
+        cached = load_features(run_dir, root)
+        if cached is not None:
+            return cached
+        return _compute_and_store(Path(run_dir), root, features_root() / key, progress, options or ExtractOptions())
+
+
+# --- computing ------------------------------------------------------------------------------------------------
+
+def _manifest_rows(run_dir: Path, root: Path, trained: list[int]) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """The manifest rows that can be featurised, and the skipped ones by reason."""
+    manifest = runs.read_manifest(run_dir)
+    skipped: dict[str, list[str]] = {}
+    untrained = ~manifest["fold"].astype(int).isin(trained)
+    if untrained.any():
+        skipped["fold model not trained yet"] = manifest.loc[untrained, "path"].tolist()
+    manifest = manifest[~untrained]
+    exists = np.array([(root / p).is_file() for p in manifest["path"]], dtype=bool)
+    if not exists.any():
+        raise UserError(f"None of the run's {len(manifest)} manifest images is in {root}; pass the data folder the "
+                        "run was trained on (--data).")
+    if not exists.all():
+        skipped["file not found"] = manifest.loc[~exists, "path"].tolist()
+    rows = manifest[exists][["path", "label", "fold"]].reset_index(drop=True)
+    rows["fold"] = rows["fold"].astype(int)
+    return rows, skipped
+
+
+class _ImageDataset:
+    """Decode + eval transform one manifest image (runs in DataLoader workers); a broken file gives ok=False."""
+
+    def __init__(self, root: Path, paths: list[str], transform, size: int):
+        self.root, self.paths, self.transform, self.size = root, paths, transform, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        from bmteach.images import load_image
+        try:
+            return self.transform(load_image(self.root / self.paths[i])), True
+        except (UserError, OSError, ValueError):
+            return torch.zeros(3, self.size, self.size), False
+
+
+def _default_workers(device_type: str) -> int:
+    cores = os.cpu_count() or 1
+    return min(8, cores) if device_type == "cuda" else (1 if cores > 1 else 0)
+
+
+def _loader(dataset, batch_size: int, workers: int, pin: bool):
+    from torch.utils.data import DataLoader
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin,
+                      persistent_workers=False, prefetch_factor=4 if workers else None)
+
+
+def forward_features(model, x, device, autocast: bool = True):
+    """(n, F) float32 features of a batch; bf16 autocast on CUDA."""
+    import torch
+    x = x.to(device, non_blocking=True)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast and device.type == "cuda"):
+        return model.forward_features(x).float()
+
+
+def _extract_fold(predictor, fold: int, dataset, opts: ExtractOptions, out: np.ndarray, positions: np.ndarray,
+                  ok: np.ndarray, tick) -> None:
+    """Fill out[positions] with the fold model's features of `dataset` (images of fold `fold` only)."""
+    device = predictor.device
+    model = predictor.model(fold)
+    if device.type == "cuda":
+        model = model.to(memory_format=__import__("torch").channels_last)
+    batch = opts.batch_size or (CUDA_BATCH if device.type == "cuda" else CPU_BATCH)
+    workers = _default_workers(device.type) if opts.workers is None else opts.workers
+    start = 0
+    for x, good in _loader(dataset, batch, workers, device.type == "cuda"):
+        feats = forward_features(model, x, device, opts.autocast).cpu().numpy()
+        idx = positions[start:start + len(feats)]
+        out[idx] = feats.astype(np.float16)
+        ok[idx] = good.numpy()
+        start += len(feats)
+        tick(len(feats))
+
+
+def _compute_and_store(run_dir: Path, root: Path, folder: Path, progress, opts: ExtractOptions) -> FeatureTable:
+    from bmteach.augment import eval_transform
+    from bmteach.infer import Predictor
+
+    started = time.perf_counter()
+    predictor = Predictor.from_run(run_dir, device=opts.device)
+    rows, skipped = _manifest_rows(run_dir, root, predictor.folds)
+    width = predictor.model(predictor.folds[0]).num_features
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{time.time_ns()}"
+    tmp.mkdir(parents=True)
+    try:
+        out = np.lib.format.open_memmap(tmp / FEATURES, mode="w+", dtype=np.float16, shape=(len(rows), width))
+        ok = np.zeros(len(rows), dtype=bool)
+        transform = eval_transform(predictor.image_size, predictor.meta.mean, predictor.meta.std)
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            if progress is not None:
+                progress(done[0], len(rows))
+
+        for fold in sorted(set(rows["fold"])):
+            positions = np.flatnonzero(rows["fold"].to_numpy() == fold)
+            dataset = _ImageDataset(root, rows["path"].iloc[positions].tolist(), transform, predictor.image_size)
+            _extract_fold(predictor, int(fold), dataset, opts, out, positions, ok, tick)
+        out.flush()
+        _finish(tmp, out, rows, ok, skipped, run_dir, root, predictor, width, time.perf_counter() - started)
+        del out
+        _swap_in(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _read_folder(folder)
+
+
+def _finish(tmp: Path, out: np.ndarray, rows: pd.DataFrame, ok: np.ndarray, skipped: dict, run_dir: Path,
+            root: Path, predictor, width: int, seconds: float) -> None:
+    """Drop undecodable images (rewriting the array only then), write rows.csv and meta.json."""
+    if not ok.all():
+        skipped["cannot be decoded"] = rows.loc[~ok, "path"].tolist()
+        rows = rows[ok].reset_index(drop=True)
+        np.save(tmp / "kept.npy", np.asarray(out[ok]))  # a new file: `out` still maps the old one
+        os.replace(tmp / "kept.npy", tmp / FEATURES)
+    rows.insert(0, "row", np.arange(len(rows)))
+    rows.to_csv(tmp / ROWS, index=False)
+    atomic_write_json(tmp / META, {
+        "format": FORMAT_VERSION, "run": str(run_dir.resolve()), "data_root": str(root),
+        "run_stamp": [list(s) for s in runs.run_stamp(run_dir)], "data_stamp": list(map(str, data_stamp(root))),
+        "model": predictor.meta.model, "image_size": predictor.image_size, "width": width, "count": len(rows),
+        "dtype": "float16", "device": str(predictor.device), "folds": predictor.folds,
+        "skipped": {reason: paths for reason, paths in skipped.items()},
+        "seconds": round(seconds, 2), "images_per_s": round(len(rows) / max(seconds, 1e-9), 1),
+    })
+
+
+def _swap_in(tmp: Path, folder: Path) -> None:
+    try:
+        tmp.rename(folder)
+    except OSError:
+        if not (folder / META).is_file():  # another process won the race only if it left a complete folder
+            raise
+
+
+def skipped_summary(table: FeatureTable) -> str | None:
+    """One sentence on the manifest images left out of the table, or None when none were."""
+    skipped = table.meta.get("skipped") or {}
+    if not skipped:
+        return None
+    parts = [f"{len(paths)} ({reason})" for reason, paths in skipped.items()]
+    return "Images left out: " + ", ".join(parts) + "."
