@@ -171,10 +171,10 @@ def config_from_args(args, root: Path, manifest):
 
 def resumed_config(run_dir: Path, args):
     """On --resume the saved config decides the result; only --folds may pick other folds of the same split."""
-    from bmteach.runs import open_run
+    from bmteach.runs import read_config
     from bmteach.train import TrainConfig
 
-    cfg = TrainConfig.from_dict(open_run(run_dir).config)
+    cfg = TrainConfig.from_dict(read_config(run_dir))
     if args.folds is not None:
         cfg.folds = parse_folds(args.folds, cfg.num_folds)
     return cfg
@@ -235,7 +235,7 @@ def cli_train(args) -> int:
         if dist.main:
             if resume:
                 cfg = resumed_config(run_dir, args)
-                manifest = train.read_run_manifest(run_dir)
+                manifest = runs.read_run_manifest(run_dir)
             else:
                 manifest = train.build_or_read_manifest(root, args.manifest, args.num_folds, args.seed, report=note)
                 cfg = config_from_args(args, root, manifest)
@@ -245,7 +245,7 @@ def cli_train(args) -> int:
         if not dist.main:  # the other ranks read what rank 0 prepared (the default data set exists by now)
             root = train.resolve_data_root(args.data)
             cfg = resumed_config(run_dir, args)
-            manifest = train.read_run_manifest(run_dir)
+            manifest = runs.read_run_manifest(run_dir)
         if cfg.finetune == "head" and not cfg.pretrained and dist.main:
             note("--finetune head without --pretrained trains a classifier on random features.")
         if args.parallel_folds:
