@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bmteach.classes import ABBRS
+from bmteach.data import find_class_root
 from bmteach.errors import UserError
 from bmteach.runs import META, fold_checkpoint_dirs
 from bmteach.storage import DEMO_RUN, atomic_write_json, default_data_dir, home
@@ -23,7 +23,6 @@ DATA_ENV = "BMTEACH_DATA"
 RUN_ENV = "BMTEACH_RUN"
 SECRET_ENV = "BMTEACH_INSTRUCTOR_SECRET"
 SECRET_KEY = "instructor_secret"  # key in .streamlit/secrets.toml
-REAL_DATA_FOLDER = "BM_cytomorphology_data"
 
 
 @dataclass
@@ -73,35 +72,13 @@ def save_settings(settings: Settings) -> None:
 # --- validation: each failure is one sentence a teacher can act on --------------------------------------
 
 def validate_data_dir(path: str | Path) -> Path:
-    """The folder holding the class folders (BLA/, NGS/, ...): PATH itself, or PATH/BM_cytomorphology_data."""
+    """The folder holding the class folders (BLA/, NGS/, ...): PATH itself, or the one data folder inside it
+    such as PATH/BM_cytomorphology_data. One rule for every caller: `data.find_class_root` decides. The app uses
+    the folder that holds the classes, so image paths stay relative to it (as in the manifest `index` writes)."""
     text = str(path).strip()
     if not text:
         raise UserError("Give the path of a data folder, e.g. /data/BM_cytomorphology_data.")
-    folder = Path(text).expanduser().resolve()
-    if not folder.exists():
-        raise UserError(f"The data folder {folder} does not exist.")
-    if not folder.is_dir():
-        raise UserError(f"{folder} is a file, not a data folder.")
-    inside = _subfolders(folder)
-    if _has_class_folders(inside):
-        return folder
-    # the folder TCIA's download creates: accept its parent and use the data folder itself, so image paths
-    # stay relative to the folder that holds the classes (as in every run's manifest)
-    if REAL_DATA_FOLDER in inside and _has_class_folders(_subfolders(folder / REAL_DATA_FOLDER)):
-        return folder / REAL_DATA_FOLDER
-    raise UserError(f"{folder} has no class folders (BLA, PMO, NGS, ...): point the app at the folder "
-                    f"that holds them, such as {REAL_DATA_FOLDER}.")
-
-
-def _has_class_folders(names: list[str]) -> bool:
-    return any(name.upper() in ABBRS for name in names)
-
-
-def _subfolders(folder: Path) -> list[str]:
-    try:
-        return [p.name for p in folder.iterdir() if p.is_dir()]
-    except PermissionError:
-        raise UserError(f"The app may not read the folder {folder}.") from None
+    return find_class_root(Path(text).expanduser(), required=True)
 
 
 def validate_run_dir(path: str | Path) -> Path:

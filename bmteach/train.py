@@ -125,15 +125,17 @@ class SeededSampler(Sampler):
 
 
 def resolve_data_root(data: str) -> Path:
-    """--data DIR, or 'default' for the embedded synthetic data set (generated on first use)."""
+    """--data DIR, or 'default' for the embedded synthetic data set (generated on first use). DIR is accepted or
+    refused by `data.find_class_root`, the rule the app's settings use too; manifest paths stay relative to DIR
+    itself, as `python -m bmteach index DIR` writes them."""
     if data == "default":
         from bmteach.synth import ensure_default_dataset
 
         return Path(ensure_default_dataset(progress=None)).resolve()
-    root = Path(data).expanduser()
-    if not root.is_dir():
-        raise UserError(f"Data folder not found: {root}.")
-    return root.resolve()
+    from bmteach.data import find_class_root
+
+    find_class_root(data, required=True)
+    return Path(data).expanduser().resolve()
 
 
 def build_or_read_manifest(root: Path, manifest: str | None, num_folds: int, seed: int,

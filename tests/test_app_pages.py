@@ -113,7 +113,7 @@ def test_instructor_guard_refuses_a_wrong_secret_and_accepts_the_right_one(env, 
     # a bad folder is refused with one sentence and nothing is saved
     at.text_input(key="setting_data").input(str(tmp_path / "missing")).run()
     at.button(key="save_settings").click().run()
-    assert "does not exist" in texts(at) and not settings.settings_path().exists()
+    assert "Data folder not found" in texts(at) and not settings.settings_path().exists()
     # a good one is saved (BMTEACH_DATA still wins, as the page says)
     data, run, _ = env
     at.text_input(key="setting_data").input(str(data)).run()

@@ -210,6 +210,49 @@ def test_root_without_class_folders_says_what_was_expected(tmp_path):
     with pytest.raises(UserError, match=r"No usable images .*1 file outside the class folders"):
         data.index(tmp_path)
 
+# --- one rule for what counts as a data root: the index, the app's settings and train agree ----------------
+
+def _data_roots(base: Path) -> dict[str, tuple[Path, Path | None]]:
+    """name -> (folder given, folder expected to hold the classes; None = refused)."""
+    tcia = base / "download" / "BM_cytomorphology_data"
+    _write(tcia / "BLA" / "0001-1000" / "BLA_00001.jpg", _jpeg())
+    _write(tcia / "NGS" / "0001-1000" / "NGS_00001.jpg", _jpeg())
+    per_class = base / "cells"
+    for abbr in ("EOS", "LYT"):
+        _write(per_class / abbr / f"{abbr}_1.png", _png())
+    empty = base / "empty"
+    empty.mkdir()
+    no_classes = base / "no_classes"
+    _write(no_classes / "bla" / "a.jpg", _jpeg())           # a class only through a mapping
+    _write(no_classes / "photos" / "a.jpg", _jpeg())
+    _write(no_classes / "masks" / "BLA" / "a.png", _png())  # the generator's masks are no class folder
+    two = base / "two"
+    for name in ("a", "b"):
+        _write(two / name / "BLA" / "x.jpg", _jpeg())
+    loop = base / "loop"
+    os.symlink(loop, loop)
+    return {"TCIA data folder": (tcia, tcia), "its parent": (tcia.parent, tcia),
+            "folder per class": (per_class, per_class), "empty": (empty, None),
+            "no class folders": (no_classes, None), "two data sets": (two, None),
+            "symlink loop": (loop, None), "missing": (base / "nowhere", None)}
+
+
+def test_settings_and_train_accept_and_refuse_the_same_data_folders(tmp_path, fresh_home):
+    from bmteach import settings, train
+
+    for name, (given, holds_classes) in _data_roots(tmp_path).items():
+        if holds_classes is None:
+            for check in (data.find_class_root, settings.validate_data_dir, train.resolve_data_root):
+                with pytest.raises(UserError) as err:
+                    check(str(given))
+                assert "\n" not in str(err.value), name
+        else:
+            assert data.find_class_root(given) == holds_classes.resolve(), name
+            assert settings.validate_data_dir(given) == holds_classes.resolve(), name
+            assert train.resolve_data_root(str(given)) == given.resolve(), name  # manifests stay relative to it
+            assert data.index(given).class_root == holds_classes.resolve(), name
+
+
 
 def test_quick_check_reasons(tmp_path):
     cases = {"ok.jpg": _jpeg(), "ok.png": _png(), "cut.png": _png()[:-20], "empty.jpg": b"",

@@ -65,9 +65,10 @@ def test_settings_file_is_written_atomically_and_leaves_no_temp_files(clean_env,
 
 
 @pytest.mark.parametrize("layout, message", [
-    (None, "does not exist"),
+    (None, "not found"),
     ("file", "is a file"),
-    ("empty", "has no class folders"),
+    ("empty", "is empty"),
+    ("no classes", "has no class folders"),
 ])
 def test_bad_data_folder_is_one_sentence(clean_env, tmp_path, layout, message):
     path = tmp_path / "d"
@@ -75,6 +76,8 @@ def test_bad_data_folder_is_one_sentence(clean_env, tmp_path, layout, message):
         path.write_text("x")
     elif layout == "empty":
         path.mkdir()
+    elif layout == "no classes":
+        (path / "cells").mkdir(parents=True)
     with pytest.raises(UserError, match=message) as err:
         settings.set_data_dir(path)
     assert "\n" not in str(err.value)
