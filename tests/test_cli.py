@@ -36,6 +36,33 @@ def test_help_lists_the_registered_models():
     assert cli.MODEL_CHOICES == tuple(MODELS)
 
 
+def test_unset_training_options_come_from_the_model_registry(tmp_path):
+    import pandas as pd
+
+    from bmteach.models import MODELS
+
+    manifest = pd.DataFrame({"path": ["a.jpg", "b.jpg"], "label": ["BLA", "LYT"], "fold": [0, 1]})
+    for name, spec in MODELS.items():
+        args = cli.build_parser().parse_args(["train", "--data", "d", "--out", "o", "--model", name])
+        cfg = cli.config_from_args(args, tmp_path, manifest)
+        assert (cfg.model, cfg.image_size, cfg.batch_size, cfg.lr) == (name, spec.image_size, spec.batch_size, spec.lr)
+    args = cli.build_parser().parse_args(["train", "--data", "d", "--out", "o", "--model", "resnext50",
+                                          "--image-size", "64", "--batch-size", "8", "--lr", "0.01"])
+    cfg = cli.config_from_args(args, tmp_path, manifest)
+    assert (cfg.image_size, cfg.batch_size, cfg.lr) == (64, 8, 0.01)
+    assert (MODELS["resnext50"].image_size, MODELS["sequential"].image_size) == (250, 128)
+
+
+def test_create_model_builds_what_the_registry_names(monkeypatch):
+    from bmteach.models import MODELS, ModelSpec, create_model, sequential_cnn
+
+    def tiny(num_classes, pretrained=False):
+        return sequential_cnn(num_classes, widths=(4, 4, 4))
+
+    monkeypatch.setitem(MODELS, "tiny", ModelSpec("tiny", tiny, image_size=32, batch_size=8, lr=1e-3))
+    assert create_model("tiny", num_classes=3).head.out_features == 3
+
+
 def test_unknown_model_is_one_sentence_naming_the_choices(tmp_path, capsys):
     assert cli.main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--model", "vgg"]) == 2
     err = capsys.readouterr().err
