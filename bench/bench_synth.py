@@ -61,8 +61,9 @@ def main() -> None:
         seconds = time.perf_counter() - started
         n = args.per_class * len(ABBRS)
         size_mb = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6
+        workers = synth.dataset._pool_size(n, args.workers)
         print(f"speed: {n} images (21 x {args.per_class}) + masks in {seconds:.1f} s = "
-              f"{1000 * seconds / n:.1f} ms/image (workers={synth._pool_size(n, args.workers)}); {size_mb:.0f} MB")
+              f"{1000 * seconds / n:.1f} ms/image (workers={workers}); {size_mb:.0f} MB")
         print("colour (0-1 scale, float64):")
         if REAL.is_dir():
             real_classes = sorted(p.name for p in REAL.iterdir() if p.is_dir())

@@ -326,7 +326,7 @@ def test_first_start_generates_the_built_in_synthetic_data_set(fresh_home, monke
 
     for name in (settings.DATA_ENV, settings.RUN_ENV):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(ui, "GENERATE_DEFAULT", "import bmteach.synth as s\ns.DEFAULT_PER_CLASS = 1\n"
+    monkeypatch.setattr(ui, "GENERATE_DEFAULT", "import bmteach.synth.dataset as s\ns.DEFAULT_PER_CLASS = 1\n"
                         + ui.GENERATE_DEFAULT)
     at = run_page(HOME)
     assert synth.is_synthetic(fresh_home / "data" / "synthetic")

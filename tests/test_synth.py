@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bmteach import synth
+from bmteach import data, synth
 from bmteach.__main__ import main
 from bmteach.classes import ABBRS
 from bmteach.errors import UserError
@@ -170,7 +170,7 @@ def test_cli_writes_a_dataset_and_reports_bad_input(tmp_path, capsys):
 
 
 def test_ensure_default_dataset_generates_once_atomically(fresh_home, monkeypatch):
-    monkeypatch.setattr(synth, "DEFAULT_PER_CLASS", 1)   # the app uses 100; one per class keeps the test fast
+    monkeypatch.setattr(synth.dataset, "DEFAULT_PER_CLASS", 1)   # the app uses 100; one per class: a fast test
     seen = []
     root = synth.ensure_default_dataset(progress=lambda done, total: seen.append((done, total)))
     assert root == fresh_home / "data" / "synthetic" and synth.is_synthetic(root)
@@ -180,12 +180,11 @@ def test_ensure_default_dataset_generates_once_atomically(fresh_home, monkeypatc
     def must_not_run(*a, **k):
         raise AssertionError("generated twice")
 
-    monkeypatch.setattr(synth, "generate_dataset", must_not_run)
+    monkeypatch.setattr(synth.dataset, "generate_dataset", must_not_run)
     assert synth.ensure_default_dataset() == root
 
 
 def test_index_reads_the_generated_layout(tmp_path):
-    data = pytest.importorskip("bmteach.data")
     out = synth.generate_dataset(tmp_path / "syn", per_class=2, classes=["NGB", "HAC"], workers=1)
     result = data.index(out)
     assert sorted(result.items) == sorted(

@@ -1,0 +1,57 @@
+"""Stains and acquisition looks of the synthetic generator: stain colours in optical density per scanner
+("none", "scanner-b", "faded"), and the patch geometry every part shares (250 px, ~12 px per um)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bmteach.errors import UserError
+
+SIZE = 250                # patch size in px, as the real data set
+PX_PER_UM = SIZE / 21.0   # a real patch spans about 21 um
+JPEG_QUALITY = 95         # the real files are quality-100 4:2:0 JPEGs; 95 keeps the data set half the size
+
+# --------------------------------------------------------------------------------------------------------------
+# Stains and acquisition looks
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Look:
+    """Stain colours (optical density per unit concentration, RGB) and acquisition properties of one scanner."""
+    name: str
+    haem: tuple = (1.25, 1.85, 0.55)        # nuclear stain: purple
+    baso: tuple = (0.85, 1.30, 0.12)        # basophilic (RNA-rich) cytoplasm: blue
+    eosin: tuple = (0.30, 0.54, 0.10)       # acidophilic cytoplasm: pink-lilac
+    grey: tuple = (0.60, 0.60, 0.25)        # ground-glass grey (monocytes, hairy cells)
+    rbc: tuple = (0.55, 0.50, 0.38)         # red cells: grey-pink
+    eos_granule: tuple = (0.35, 0.85, 0.55)  # eosinophilic granules: orange-red
+    azur: tuple = (0.70, 1.60, 0.50)        # azurophilic granules: purple-red
+    dark_granule: tuple = (1.60, 2.20, 0.90)  # basophilic / mast-cell granules: purple-black
+    auer: tuple = (0.80, 1.70, 0.60)        # Auer rods: red-purple
+    background: tuple = ((0.92, 0.92, 0.86), (0.91, 0.89, 0.96))  # yellow-green ... lilac
+    stain_gain: float = 1.2                 # all densities times this
+    channel_gain: tuple = (1.1, 1.16, 0.95)  # the scanner's colour response: RGB densities times this
+    blur: tuple = (1.3, 2.3)                # focus: Gaussian sigma range in px (real patches are soft)
+    vignette: float = 0.10                  # illumination fall-off towards the corners
+    noise: float = 0.008                    # sensor noise (0-1 scale)
+    jpeg_quality: int = JPEG_QUALITY
+
+
+SHIFTS: dict[str, Look] = {
+    "none": Look("none"),
+    # Another lab and scanner: redder eosin, bluer haematoxylin, warm background, softer focus, harder JPEG.
+    "scanner-b": Look(
+        "scanner-b", haem=(1.95, 2.25, 0.45), baso=(1.05, 0.70, 0.05), eosin=(0.15, 0.95, 0.45),
+        rbc=(0.35, 0.80, 0.55), eos_granule=(0.10, 1.30, 1.20),
+        background=((0.97, 0.93, 0.80), (0.96, 0.90, 0.86)), stain_gain=0.85, blur=(1.2, 2.2),
+        vignette=0.22, noise=0.015, jpeg_quality=75),
+    # A faded, under-stained slide on a bright scanner.
+    "faded": Look("faded", background=((0.97, 0.97, 0.95), (0.96, 0.95, 0.98)), stain_gain=0.6,
+                  blur=(0.6, 1.4), vignette=0.05),
+}
+
+
+def get_look(shift: str) -> Look:
+    if shift not in SHIFTS:
+        raise UserError(f"Unknown shift {shift!r}: choose one of {', '.join(SHIFTS)}.")
+    return SHIFTS[shift]

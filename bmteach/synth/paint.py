@@ -1,0 +1,496 @@
+"""Painting one synthetic patch in optical density (Beer-Lambert): windows, shapes and textures, the labelled
+cell, its context (background, red cells, neighbours, precipitate), the whole-patch classes (ART, NIF), and
+the patch with its mask (`render_patch`, `generate_cell`)."""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, replace
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from bmteach.classes import ABBRS
+from bmteach.errors import UserError
+from bmteach.synth.looks import PX_PER_UM, SHIFTS, SIZE, Look, get_look
+from bmteach.synth.morphology import COMMON_CELLS, COMMON_WEIGHTS, GRANULES, CellSpec, sample_spec
+
+MASK_BACKGROUND, MASK_CYTOPLASM, MASK_NUCLEUS = 0, 1, 2
+
+# --------------------------------------------------------------------------------------------------------------
+# Painting helpers: local windows, shapes, textures
+# --------------------------------------------------------------------------------------------------------------
+
+_BANK = 384               # side of each precomputed noise texture
+_ANGLES = 1024            # resolution of polar outline tables
+
+
+@functools.lru_cache(maxsize=None)
+def _noise_texture(scale: float) -> np.ndarray:
+    """A fixed, tileable noise texture at one spatial scale: zero mean, unit std (same in every process)."""
+    rng = np.random.default_rng(int(scale * 1000) + 7)
+    noise = ndimage.gaussian_filter(rng.standard_normal((_BANK, _BANK)).astype(np.float32), scale, mode="wrap")
+    return (noise - noise.mean()) / noise.std()
+
+
+def _texture(rng: np.random.Generator, scale: float) -> np.ndarray:
+    """A random SIZE x SIZE crop of a fixed texture, flipped/transposed at random (cheap and deterministic)."""
+    y0, x0 = rng.integers(0, _BANK - SIZE + 1, size=2)
+    tex = _noise_texture(scale)[y0:y0 + SIZE, x0:x0 + SIZE]
+    k = int(rng.integers(8))
+    if k & 1:
+        tex = tex[::-1]
+    if k & 2:
+        tex = tex[:, ::-1]
+    if k & 4:
+        tex = tex.T
+    return tex
+
+
+@dataclass
+class Window:
+    """The part of the patch around a point: slices into the canvas and offsets (dx row, dy column) from it."""
+    sl: tuple
+    dx: np.ndarray
+    dy: np.ndarray
+
+    @classmethod
+    def around(cls, cx: float, cy: float, radius: float) -> "Window | None":
+        y0, y1 = max(0, int(cy - radius)), min(SIZE, int(cy + radius) + 2)
+        x0, x1 = max(0, int(cx - radius)), min(SIZE, int(cx + radius) + 2)
+        if y0 >= y1 or x0 >= x1:
+            return None
+        dy = (np.arange(y0, y1, dtype=np.float32) - cy)[:, None]
+        dx = (np.arange(x0, x1, dtype=np.float32) - cx)[None, :]
+        return cls((slice(y0, y1), slice(x0, x1)), dx, dy)
+
+
+def _outline_table(rng: np.random.Generator, radius: float, aspect: float, wobble: float,
+                   hairs: float = 0.0, blebs: float = 0.0) -> np.ndarray:
+    """Radius of an outline as a function of angle (a table over [-pi, pi)): an ellipse with a wavy border."""
+    theta = np.linspace(-np.pi, np.pi, _ANGLES, endpoint=False)
+    rot = rng.uniform(0, np.pi)
+    a = np.sqrt(aspect)
+    r = radius / np.sqrt((np.cos(theta - rot) / a) ** 2 + (np.sin(theta - rot) * a) ** 2)
+    wave = sum(rng.normal(0, wobble / k) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in range(2, 7))
+    r = r * (1 + wave)
+    if hairs > 0:   # many narrow spikes: hair-like projections
+        n = int(rng.integers(25, 50))
+        centres, lengths = rng.uniform(-np.pi, np.pi, n), rng.uniform(0.3, 1.0, n) * hairs * radius
+        for c, length in zip(centres, lengths):
+            dtheta = np.angle(np.exp(1j * (theta - c)))
+            r = np.maximum(r, r + length * np.exp(-(dtheta / (1.2 / radius)) ** 2))
+    if blebs > 0:   # a few round bulges
+        for c in rng.uniform(-np.pi, np.pi, int(rng.integers(1, 4))):
+            dtheta = np.angle(np.exp(1j * (theta - c)))
+            r = r + blebs * 0.15 * radius * np.exp(-(dtheta / 0.18) ** 2)
+    return r.astype(np.float32)
+
+
+def _polar(win: Window):
+    dist = np.hypot(win.dx, win.dy)
+    idx = ((np.arctan2(win.dy, win.dx) + np.pi) * (_ANGLES / (2 * np.pi))).astype(np.int32) % _ANGLES
+    return dist, idx
+
+
+def _soft(field: np.ndarray, edge: float = 1.0) -> np.ndarray:
+    """Signed distance (px, positive inside) -> coverage in [0, 1] with an anti-aliased edge."""
+    return np.clip(field / edge + 0.5, 0.0, 1.0)
+
+
+def _tube_field(dx, dy, length: float, half_width: float, bend: float, rot: float, lobes: int, pinch: float):
+    """Signed distance to a bent tube (px): a round nucleus (length 0), kidney, horseshoe or lobed band.
+
+    The tube follows an arc of `length` px bent by `bend` radians, centred on the origin; its half-width
+    narrows at `lobes - 1` places by `pinch` (0.85: lobes joined by thin threads).
+    """
+    c, s = np.cos(rot), np.sin(rot)
+    x, y = c * dx + s * dy, -s * dx + c * dy
+    if length < 1e-3:
+        return half_width - np.hypot(x, y)
+    if bend < 0.05:
+        t = np.clip(x / length + 0.5, 0.0, 1.0)
+        d = np.hypot(x - (t - 0.5) * length, y)
+    else:
+        bend = min(bend, 1.8 * np.pi)
+        rho = length / bend
+        y = y + rho * (1 - np.sin(bend / 2) / (bend / 2))   # put the arc's centroid on the origin
+        phi = np.clip(np.arctan2(x, rho - y), -bend / 2, bend / 2)
+        d = np.hypot(x - rho * np.sin(phi), y - rho * (1 - np.cos(phi)))
+        t = phi / bend + 0.5
+    width = np.full_like(d, half_width)
+    if lobes > 1 and pinch > 0:
+        dips = np.max([np.exp(-((t - k / lobes) / 0.06) ** 2) for k in range(1, lobes)], axis=0)
+        width = half_width * (1 - pinch * dips)
+    return width - d
+
+
+def _dots(rng: np.random.Generator, region: np.ndarray, count: int, sigma: float, peak: float) -> np.ndarray:
+    """`count` blurred dots (granules, precipitate) at random places of a window where region > 0.5."""
+    h, w = region.shape
+    out = np.zeros((h, w), np.float32)
+    if count <= 0:
+        return out
+    ys, xs = rng.integers(0, h, count), rng.integers(0, w, count)
+    amp = rng.uniform(0.6, 1.4, count).astype(np.float32) * (peak * 2 * np.pi * sigma ** 2)
+    keep = region[ys, xs] > 0.5
+    np.add.at(out, (ys[keep], xs[keep]), amp[keep])
+    return ndimage.gaussian_filter(out, sigma, truncate=3.0)
+
+
+def _segments(win: Window, rng: np.random.Generator, n: int, centre, spread: float, length: tuple,
+              half_width: float, angle: float, angle_jitter: float) -> np.ndarray:
+    """Coverage of n thin straight rods (Auer rods, streaks) in a bundle around `centre` (offsets in px)."""
+    cover = np.zeros(np.broadcast_shapes(win.dx.shape, win.dy.shape), np.float32)
+    for _ in range(n):
+        ox, oy = centre[0] + rng.normal(0, spread), centre[1] + rng.normal(0, spread)
+        a = angle + rng.normal(0, angle_jitter)
+        half = rng.uniform(*length) / 2
+        ux, uy = np.cos(a), np.sin(a)
+        px, py = win.dx - ox, win.dy - oy
+        t = np.clip(px * ux + py * uy, -half, half)
+        d = np.hypot(px - t * ux, py - t * uy)
+        cover = np.maximum(cover, _soft(half_width - d, 0.8))
+    return cover
+
+
+class Canvas:
+    """Stain concentrations of the patch, one map per stain colour, painted object by object.
+
+    Keeping 2-D maps per colour (and mixing them into RGB optical density once, in `optical_density`) is
+    three times cheaper than adding RGB densities for every object.
+    """
+
+    def __init__(self, look: Look):
+        self.look = look
+        self.conc: dict[str, np.ndarray] = {}
+
+    def add(self, sl, conc: np.ndarray, colour: str, gain: float = 1.0) -> None:
+        if colour not in self.conc:
+            self.conc[colour] = np.zeros((SIZE, SIZE), np.float32)
+        target = self.conc[colour][sl]
+        if gain == 1.0:
+            target += conc
+        else:
+            target += conc * np.float32(gain)
+
+    def optical_density(self) -> np.ndarray:
+        channels = [np.zeros((SIZE, SIZE), np.float32) for _ in range(3)]
+        for colour, conc in self.conc.items():
+            for channel, weight in zip(channels, getattr(self.look, colour)):
+                channel += np.float32(weight) * conc
+        return np.stack(channels, axis=-1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Painting a cell
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StainJitter:
+    """Per-slide stain intensity and colour response (drawn once per patch): same draws whatever the look."""
+    haem: float = 1.0
+    cyto: float = 1.0
+    eos: float = 1.0
+    rgb: tuple = (1.0, 1.0, 1.0)    # slide-to-slide colour balance: RGB densities times this
+
+
+def paint_cell(canvas: Canvas, spec: CellSpec, cx: float, cy: float, rng: np.random.Generator,
+               textures: dict, stain: StainJitter) -> tuple[Window | None, np.ndarray | None, np.ndarray | None]:
+    """Paint one cell centred at (cx, cy); returns its window with cell and nucleus coverage there."""
+    radius = spec.diameter * PX_PER_UM / 2
+    table = _outline_table(rng, radius, spec.aspect, spec.wobble, spec.hairs, spec.blebs)
+    win = Window.around(cx, cy, float(table.max()) + 3)
+    if win is None:
+        return None, None, None
+    dist, idx = _polar(win)
+    r_at = table[idx]
+    cell = _soft(r_at - dist, 1.2)
+    if spec.smudge:
+        return win, *_paint_smudge(canvas, spec, win, cell, dist, r_at, rng, textures, stain)
+    nucleus, nuc_conc = _nucleus(spec, win, radius, r_at, dist, rng, textures)
+    cyto = cell * (1 - nucleus)
+    rim = cell - _soft(r_at - 4.0 - dist, 2.0)    # the membrane edge reads darker, as in real smears
+    _paint_cytoplasm(canvas, spec, win, cell, cyto + 0.3 * rim * (1 - nucleus), radius, rng, textures, stain)
+    canvas.add(win.sl, nuc_conc * stain.haem, "haem")
+    _paint_granules(canvas, spec, win, cell, cyto, rng, stain)
+    if spec.auer_rods:
+        _paint_auer_rods(canvas, spec, win, cell, nucleus, radius, rng)
+    return win, cell, nucleus
+
+
+def _nucleus(spec: CellSpec, win: Window, radius: float, r_at, dist, rng, textures):
+    """Nucleus coverage and its chromatin density inside a cell's window."""
+    area = spec.nucleus_fraction * np.pi * radius ** 2
+    half_w = np.sqrt(area / (2 * spec.nuc_length + np.pi))
+    length = spec.nuc_length * half_w
+    extent = half_w + length / 2
+    room = max(radius - extent - 3, 0.0)
+    ang = rng.uniform(0, 2 * np.pi)
+    ox, oy = spec.nuc_offset * room * np.cos(ang), spec.nuc_offset * room * np.sin(ang)
+    sl = win.sl
+    field = _tube_field(win.dx - ox, win.dy - oy, length, half_w, spec.nuc_bend, rng.uniform(0, 2 * np.pi),
+                        spec.nuc_lobes, spec.nuc_pinch)
+    field = field + spec.nuc_wobble * half_w * textures["blob"][sl]
+    inside_cell = _soft(r_at - 2.0 - dist, 1.0)
+    nucleus = _soft(field, 1.0) * inside_cell
+    # chromatin: fine and open in young cells, coarse and clumped in mature ones
+    c = spec.chromatin_coarse
+    tex = (1 - c) * textures["fine"][sl] + c * textures["mid"][sl]
+    if c > 0.5:
+        tex = np.tanh(1.5 * tex)
+    density = spec.nuc_density * (1 + spec.chromatin_contrast * (1 - spec.pyknotic) * tex)
+    if spec.clockface:
+        density = density * _clockface(win.dx - ox, win.dy - oy, half_w, rng)
+    for _ in range(spec.nucleoli):
+        r = rng.uniform(0, 0.45 * half_w)
+        a = rng.uniform(0, 2 * np.pi)
+        size = rng.uniform(5.0, 9.0)
+        d = np.hypot(win.dx - ox - r * np.cos(a), win.dy - oy - r * np.sin(a))
+        density = density * (1 - 0.5 * _soft(size - d, 3.0))
+    return nucleus, np.maximum(density, 0) * nucleus
+
+
+def _clockface(dx, dy, half_w: float, rng) -> np.ndarray:
+    """Cartwheel chromatin: dark clumps on a ring plus one in the middle, paler between them."""
+    n = int(rng.integers(6, 10))
+    phase = rng.uniform(0, 2 * np.pi)
+    clumps = np.exp(-(np.hypot(dx, dy) / (0.28 * half_w)) ** 2)
+    for k in range(n):
+        a = phase + 2 * np.pi * k / n
+        px, py = 0.62 * half_w * np.cos(a), 0.62 * half_w * np.sin(a)
+        clumps = np.maximum(clumps, np.exp(-(np.hypot(dx - px, dy - py) / (0.22 * half_w)) ** 2))
+    return 0.55 + 0.7 * clumps
+
+
+def _paint_cytoplasm(canvas, spec, win, cell, cyto, radius, rng, textures, stain):
+    sl = win.sl
+    conc = spec.cyto_density * cyto * (1 + 0.15 * textures["mid"][sl])
+    if spec.hof > 0:   # pale Golgi zone: a soft ellipse beside the nucleus, towards the cell centre
+        a = rng.uniform(0, 2 * np.pi)
+        d = np.hypot(win.dx - 0.15 * radius * np.cos(a), win.dy - 0.15 * radius * np.sin(a))
+        conc = conc * (1 - 0.6 * spec.hof * _soft(0.3 * radius - d, 6.0))
+    if spec.hairs > 0:   # hairy projections are thin and pale
+        conc = conc * (0.55 + 0.45 * _soft(cell * 8 - 4, 1.0))
+    for _ in range(spec.vacuoles):
+        r, a = rng.uniform(0.3, 0.85) * radius, rng.uniform(0, 2 * np.pi)
+        size = rng.uniform(2.5, 7.0)
+        d = np.hypot(win.dx - r * np.cos(a), win.dy - r * np.sin(a))
+        conc = conc * (1 - 0.9 * _soft(size - d, 1.2))
+    canvas.add(sl, conc * spec.cyto_blue, "baso", stain.cyto)
+    canvas.add(sl, conc * spec.cyto_pink, "eosin", stain.eos)
+    canvas.add(sl, conc * spec.cyto_grey, "grey", stain.cyto)
+
+
+def _paint_granules(canvas, spec, win, cell, cyto, rng, stain):
+    for name, amount in spec.granules.items():
+        kind = GRANULES[name]
+        region = cell if kind.over_nucleus else cyto
+        # candidates fall uniformly over the window; those outside the region are dropped
+        count = int(kind.per_px * amount * cell.size)
+        conc = _dots(rng, region, count, kind.sigma, kind.peak) * cell
+        gain = stain.eos if kind.colour == "eos_granule" else stain.haem
+        canvas.add(win.sl, conc, kind.colour, gain)
+
+
+def _paint_auer_rods(canvas, spec, win, cell, nucleus, radius, rng):
+    """Bundles of thin red-purple needles (faggots) across the cytoplasm."""
+    bundles = 1 + spec.auer_rods // 6
+    for b in range(bundles):
+        r, a = rng.uniform(0.35, 0.7) * radius, rng.uniform(0, 2 * np.pi)
+        rods = _segments(win, rng, spec.auer_rods // bundles + 1, (r * np.cos(a), r * np.sin(a)), 3.0,
+                         (0.25 * radius, 0.6 * radius), 1.1, rng.uniform(0, np.pi), 0.35)
+        canvas.add(win.sl, 1.5 * rods * cell, "auer")
+
+
+def _paint_smudge(canvas, spec, win, cell, dist, r_at, rng, textures, stain):
+    """A ruptured cell: pale smeared nuclear material with streaks, no cytoplasm or membrane."""
+    sl = win.sl
+    streak_angle = rng.uniform(0, np.pi)
+    streaks = _segments(win, rng, int(rng.integers(3, 9)), (0.0, 0.0), 0.25 * r_at.mean(),
+                        (0.6 * r_at.mean(), 1.4 * r_at.mean()), 2.5, streak_angle, 0.3)
+    body = cell * (0.55 + 0.45 * textures["coarse"][sl].clip(-1, 1))
+    conc = spec.nuc_density * np.clip(body * (1 + 0.5 * textures["mid"][sl]) + 0.25 * streaks, 0, None)
+    canvas.add(sl, conc * stain.haem, "haem", 0.75)
+    canvas.add(sl, 0.25 * conc, "baso")
+    nucleus = np.maximum(cell, streaks)
+    return np.zeros_like(nucleus), nucleus    # no intact cytoplasm: the whole smudge is nuclear material
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Context: background, red cells, neighbours, precipitate; whole-patch classes (ART, NIF)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _paint_red_cells(canvas: Canvas, rng, keep_out: tuple, textures) -> None:
+    """Red cells with central pallor, scattered around (not on top of) the labelled cell."""
+    cx0, cy0, r0 = keep_out
+    for _ in range(int(rng.integers(3, 13))):
+        r = rng.uniform(3.3, 4.0) * PX_PER_UM
+        for _attempt in range(6):
+            cx, cy = rng.uniform(-0.6 * r, SIZE + 0.6 * r, 2)
+            if np.hypot(cx - cx0, cy - cy0) > r0 + 0.4 * r:
+                break
+        table = _outline_table(rng, r, rng.uniform(1.0, 1.15), 0.015)
+        win = Window.around(cx, cy, float(table.max()) + 2)
+        if win is None:
+            continue
+        dist, idx = _polar(win)
+        rbc = _soft(table[idx] - dist, 1.3)
+        pallor = np.exp(-(dist / (0.5 * r)) ** 2)
+        conc = rbc * rng.uniform(0.35, 0.75) * (1 - 0.55 * pallor + 0.03 * textures["mid"][win.sl])
+        canvas.add(win.sl, conc, "rbc")
+
+
+def _paint_neighbours(canvas, rng, centre_radius: float, textures, stain, difficulty) -> None:
+    """0-2 other white cells, mostly outside the patch, cut by its edge."""
+    for _ in range(int(rng.choice([0, 1, 2, 2, 3, 3]))):
+        spec = sample_spec(str(rng.choice(COMMON_CELLS, p=COMMON_WEIGHTS)), rng, difficulty)
+        r = spec.diameter * PX_PER_UM / 2
+        a = rng.uniform(0, 2 * np.pi)
+        d = max(centre_radius + 0.6 * r, SIZE / 2 - 0.2 * r) + rng.uniform(0, 0.4 * r)
+        paint_cell(canvas, spec, SIZE / 2 + d * np.cos(a), SIZE / 2 + d * np.sin(a), rng, textures, stain)
+
+
+def _paint_precipitate(canvas, rng, count: int, sigma=(0.7, 1.6)) -> None:
+    """Tiny purple dots on the background (platelets, stain precipitate)."""
+    full = np.ones((SIZE, SIZE), np.float32)
+    conc = _dots(rng, full, count, rng.uniform(*sigma), 0.45)
+    canvas.add((slice(None), slice(None)), conc, "azur")
+
+
+def _paint_artefact(canvas, rng, textures, stain, difficulty) -> None:
+    """No diagnostic cell: precipitate, crushed fragments, a platelet clump or a cell cut off at the edge."""
+    kind = int(rng.integers(4))
+    full = Window.around(SIZE / 2, SIZE / 2, SIZE)
+    if kind == 0:     # heavy stain precipitate
+        _paint_precipitate(canvas, rng, int(rng.integers(150, 600)), (0.8, 2.2))
+    elif kind == 1:   # crushed fragments of cells
+        for _ in range(int(rng.integers(3, 8))):
+            cx, cy = rng.uniform(30, 220, 2)
+            r = rng.uniform(8, 35)
+            win = Window.around(cx, cy, 1.5 * r)
+            dist, idx = _polar(win)
+            table = _outline_table(rng, r, rng.uniform(1.0, 2.5), 0.25)
+            frag = _soft(table[idx] - dist, 2.0) * (0.6 + 0.4 * textures["mid"][win.sl])
+            canvas.add(win.sl, frag * rng.uniform(0.2, 0.7), str(rng.choice(["haem", "baso", "eosin"])))
+    elif kind == 2:   # platelet clump
+        region = _soft(40 - np.hypot(full.dx - rng.normal(0, 25), full.dy - rng.normal(0, 25))
+                       + 15 * textures["coarse"], 4.0)
+        canvas.add(full.sl, 0.25 * region, "baso")
+        canvas.add(full.sl, _dots(rng, region, int(rng.integers(200, 500)), 1.3, 0.6), "azur")
+    else:             # the cell sits outside the patch: only an edge of it shows
+        spec = sample_spec(str(rng.choice(COMMON_CELLS, p=COMMON_WEIGHTS)), rng, difficulty)
+        r = spec.diameter * PX_PER_UM / 2
+        a = rng.uniform(0, 2 * np.pi)
+        d = SIZE / 2 + 0.5 * r
+        paint_cell(canvas, spec, SIZE / 2 + d * np.cos(a), SIZE / 2 + d * np.sin(a), rng, textures, stain)
+        _paint_precipitate(canvas, rng, int(rng.integers(10, 80)))
+
+
+@functools.lru_cache(maxsize=1)
+def _unit_grid() -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) / SIZE - 0.5
+    return yy, xx
+
+
+def _background(look: Look, rng) -> np.ndarray:
+    """Illumination: a background colour between yellow-green and lilac, uneven across the patch."""
+    u = rng.random() ** 0.5   # lilac backgrounds are the more common
+    colour = (1 - u) * np.asarray(look.background[0]) + u * np.asarray(look.background[1])
+    colour = colour * rng.uniform(0.94, 1.03)
+    yy, xx = _unit_grid()
+    gx, gy = rng.normal(0, 0.04, 2)
+    light = 1 + gx * xx + gy * yy - look.vignette * rng.uniform(0.3, 1.0) * (xx ** 2 + yy ** 2)
+    return light[..., None] * colour.astype(np.float32)
+
+
+def _finish(canvas: Canvas, light: np.ndarray, rng, blur: float, stain: StainJitter) -> np.ndarray:
+    """Optical density -> RGB uint8: stain gain and colour balance, focus blur, Beer-Lambert, sensor noise."""
+    gain = canvas.look.stain_gain * np.asarray(canvas.look.channel_gain) * np.asarray(stain.rgb)
+    od = canvas.optical_density() * gain.astype(np.float32)
+    if blur > 0.3:
+        od = ndimage.gaussian_filter(od, (blur, blur, 0), truncate=2.5)
+    rgb = light * np.exp(-od)
+    rgb += rng.standard_normal(rgb.shape[:2], dtype=np.float32)[..., None] * np.float32(canvas.look.noise)
+    return np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One patch
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _textures(rng) -> dict:
+    return {"fine": _texture(rng, 1.2), "mid": _texture(rng, 2.5), "coarse": _texture(rng, 6.0),
+            "blob": _texture(rng, 14.0)}
+
+
+def render_patch(abbr: str, rng: np.random.Generator, difficulty: float = 0.5, look: Look | None = None):
+    """Draw one 250x250 patch of class `abbr`: (RGB uint8 array, uint8 mask 0/1/2)."""
+    look = look or SHIFTS["none"]
+    canvas = Canvas(look)
+    light = _background(look, rng)
+    textures = _textures(rng)
+    stain = StainJitter(haem=rng.uniform(0.85, 1.15), cyto=rng.uniform(0.8, 1.2), eos=rng.uniform(0.8, 1.2),
+                        rgb=tuple(rng.uniform(0.9, 1.1, 3)))
+    blur = rng.uniform(*look.blur)
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    cx, cy = SIZE / 2 + rng.normal(0, 4, 2)
+
+    if abbr == "ART":
+        _paint_red_cells(canvas, rng, (cx, cy, 0.0), textures)
+        _paint_artefact(canvas, rng, textures, stain, difficulty)
+        return _finish(canvas, light, rng, blur, stain), mask
+
+    degraded = abbr == "NIF"
+    spec = sample_spec(str(rng.choice(COMMON_CELLS, p=COMMON_WEIGHTS)) if degraded else abbr, rng, difficulty)
+    how = NIF_KINDS[rng.choice(len(NIF_KINDS), p=NIF_WEIGHTS)] if degraded else ""
+    if degraded:
+        spec, extra_blur = _degrade(spec, how, rng)
+        blur += extra_blur
+    radius = spec.diameter * PX_PER_UM / 2
+    _paint_red_cells(canvas, rng, (cx, cy, radius), textures)
+    _paint_neighbours(canvas, rng, radius, textures, stain, difficulty)
+    win, cell, nucleus = paint_cell(canvas, spec, cx, cy, rng, textures, stain)
+    if how == "overlapped":   # another cell lies across it: neither can be named
+        other = sample_spec(str(rng.choice(COMMON_CELLS, p=COMMON_WEIGHTS)), rng, difficulty)
+        a, d = rng.uniform(0, 2 * np.pi), rng.uniform(0.45, 0.8) * radius
+        paint_cell(canvas, other, cx + d * np.cos(a), cy + d * np.sin(a), rng, textures, stain)
+    _paint_precipitate(canvas, rng, int(rng.integers(0, 25)))
+    mask[win.sl][cell > 0.5] = MASK_CYTOPLASM
+    mask[win.sl][nucleus > 0.5] = MASK_NUCLEUS
+    return _finish(canvas, light, rng, blur, stain), mask
+
+
+NIF_KINDS = ("defocused", "pyknotic", "lysed", "overlapped")
+NIF_WEIGHTS = (0.4, 0.25, 0.2, 0.15)
+
+
+def _degrade(spec: CellSpec, how: str, rng) -> tuple[CellSpec, float]:
+    """A cell too degraded or obscured to name, and the extra focus blur of its patch."""
+    spec = replace(spec, abbr="NIF", nucleoli=0, hof=0.0)
+    if how == "defocused":
+        return replace(spec, granules={}), rng.uniform(2.0, 4.0)
+    if how == "pyknotic":      # shrunken, ragged, a dense structureless nucleus, vacuolated cytoplasm
+        return replace(spec, diameter=spec.diameter * rng.uniform(0.7, 0.9), wobble=spec.wobble + 0.1,
+                       nuc_density=rng.uniform(1.2, 1.5), nuc_length=rng.uniform(0, 0.5), pyknotic=1.0,
+                       nucleus_fraction=rng.uniform(0.25, 0.5), vacuoles=int(rng.integers(2, 8))), 0.0
+    if how == "lysed":         # pale, washed out, torn outline
+        return replace(spec, wobble=spec.wobble + rng.uniform(0.1, 0.2), nuc_density=spec.nuc_density * 0.55,
+                       chromatin_contrast=0.1, cyto_density=spec.cyto_density * 0.45, granules={}), 0.0
+    return spec, 0.0
+
+
+def cell_rng(seed: int, abbr: str, n: int) -> np.random.Generator:
+    """The random generator of image n of a class: the same whatever order or process draws it."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), ABBRS.index(abbr), int(n)]))
+
+
+def generate_cell(abbr: str, rng: np.random.Generator, difficulty: float = 0.5, shift: str = "none"):
+    """One synthetic cell: (PIL 250x250 RGB image, uint8 mask with 0 background, 1 cytoplasm, 2 nucleus)."""
+    if abbr not in ABBRS:
+        raise UserError(f"Unknown class {abbr!r}: expected one of {', '.join(ABBRS)}.")
+    rgb, mask = render_patch(abbr, rng, float(difficulty), get_look(shift))
+    return Image.fromarray(rgb, "RGB"), mask
