@@ -178,9 +178,9 @@ class Predictor:
             return FoldChoice(fold, fold, True,
                               f"the fold-{fold} model, which did not train on this image: the run held it out in "
                               f"fold {fold} (an out-of-fold prediction)")
-        why = ("this image is not in the run's manifest, so no fold model trained on it" if relpath is not None
-               else "an upload belongs to no fold")
-        return FoldChoice(None, self.folds[0], True, f"the average of the {n} fold models: {why}")
+        why = (": this image is not in the run's manifest, so no fold model trained on it" if relpath is not None
+               else " (an upload belongs to no fold)")
+        return FoldChoice(None, self.folds[0], True, f"the average of the {n} fold models{why}")
 
     def features(self, images: list[Image.Image], fold: int | None = None,
                  batch_size: int = BATCH_SIZE) -> np.ndarray:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from bmteach.errors import UserError
-from bmteach.storage import REPO_ROOT, atomic_write_json, atomic_write_text, read_json, runs_dir
+from bmteach.storage import atomic_write_json, atomic_write_text, read_json, runs_dir
 
 # --- the names of the run folder: defined here and nowhere else ---------------------------------------------
 
@@ -508,9 +508,9 @@ def launch_training(out: str | Path, data: str | Path = "default", model: str = 
         raise UserError(f"{out} is already being trained (PID {lock_owner(out)}).")
     out.mkdir(parents=True, exist_ok=True)
     cmd = train_command(out, data, model, folds, epochs, per_class, image_size, device, resume, extra)
-    with open(out / LOG_NAME, "ab") as log:
-        return subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+    from bmteach.launch import start_detached
+
+    return start_detached(cmd, out / LOG_NAME)
 
 
 def read_log(run_dir: str | Path, max_chars: int = 4000) -> str:

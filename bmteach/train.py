@@ -14,8 +14,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -507,16 +505,11 @@ def run_parallel_folds(argv: list[str], folds: list[int]) -> int:
     n_gpus = torch.cuda.device_count()
     if n_gpus < 2:
         raise UserError(f"--parallel-folds needs at least 2 GPUs; {n_gpus} found. Train without it.")
-    procs = []
-    for gpu, share in enumerate(plan_parallel_folds(folds, n_gpus)):
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu), **{PARENT_LOCK_ENV: str(os.getpid())})
-        # The parent prepared the run and holds its lock: the children resume it and leave the evaluation to it.
-        cmd = [sys.executable, "-m", "bmteach", "train", *argv, "--folds", ",".join(map(str, share)), "--resume"]
-        procs.append(subprocess.Popen(cmd, env=env))
-    try:
-        return max(p.wait() for p in procs)
-    except BaseException:
-        for p in procs:
-            p.terminate()
-        raise
+    from bmteach.launch import bmteach_command, child_env, start_children
+
+    # The parent prepared the run and holds its lock: the children resume it and leave the evaluation to it.
+    children = [(bmteach_command("train", *argv, "--folds", ",".join(map(str, share)), "--resume"),
+                 child_env(CUDA_VISIBLE_DEVICES=str(gpu), **{PARENT_LOCK_ENV: str(os.getpid())}))
+                for gpu, share in enumerate(plan_parallel_folds(folds, n_gpus))]
+    return start_children(children)
 

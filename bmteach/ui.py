@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -101,12 +101,6 @@ def _is_synthetic(path: Path) -> bool:
     return bool(is_synthetic(path))
 
 
-# Run in a child Python: synth's worker pool uses "spawn", which re-runs the parent's __main__ in every worker,
-# and inside Streamlit __main__ is the page script itself (each worker would start the app again).
-GENERATE_DEFAULT = ("from bmteach.synth import ensure_default_dataset\n"
-                    "ensure_default_dataset(progress=lambda done, total: print(done, total, flush=True))\n")
-
-
 _GENERATION_LOCK = threading.Lock()  # a whole class opening the app at once starts one generation, not thirty
 
 
@@ -130,25 +124,10 @@ def default_data_is_current() -> bool:
 
 
 def run_default_generation(progress) -> str | None:
-    """synth.ensure_default_dataset in a child process, its progress lines relayed; an error sentence or None."""
-    import os
-    import subprocess
-    import sys
+    """synth.ensure_default_dataset in a child process, its progress relayed; an error sentence or None."""
+    from bmteach.launch import generate_default_data
 
-    from bmteach.storage import REPO_ROOT
-
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
-    child = subprocess.Popen([sys.executable, "-c", GENERATE_DEFAULT], cwd=REPO_ROOT, env=env, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    for line in child.stdout:
-        parts = line.split()
-        if len(parts) == 2 and all(p.isdigit() for p in parts):
-            progress(int(parts[0]), int(parts[1]))
-    errors = child.stderr.read().strip().splitlines()
-    if child.wait() != 0:
-        last = errors[-1] if errors else f"exit status {child.returncode}"
-        return f"The built-in synthetic data set could not be generated ({last})."
-    return None
+    return generate_default_data(progress)
 
 
 class _LazyProgress:
@@ -198,18 +177,31 @@ def require_data(active: Active) -> None:
 
 # --- cached loaders -------------------------------------------------------------------------------------
 
-def folder_stamp(path: str | Path) -> float:
-    """Changes when a folder's direct contents change (cache key for indexes)."""
-    try:
-        return Path(path).stat().st_mtime
-    except OSError:
-        return 0.0
+def folder_stamp(path: str | Path) -> tuple:
+    """Changes when images are added to or removed from the data set (the cache key of its index): the
+    modification times of the root, its class folders and their sub-folders (the TCIA layout keeps images in
+    range folders such as BLA/0001-1000/). Adding or removing a file changes the mtime of its folder."""
+    root = Path(path)
+    level = [root]
+    stamps = []
+    for depth in range(3):
+        below = []
+        for folder in level:
+            try:
+                stamps.append((str(folder.relative_to(root)), folder.stat().st_mtime_ns))
+                if depth < 2:
+                    below += [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+            except OSError:
+                continue
+        level = below
+    return tuple(stamps)
 
 
 def run_stamp(run_dir: str | Path) -> tuple:
-    """Changes when a fold checkpoint or the run's manifest changes (cache key for predictors and their maps)."""
-    run = Path(run_dir)
-    return _mtimes(sorted(run.glob("fold*/model.pt")) + [run / "manifest.csv"])
+    """Changes when a fold checkpoint, the manifest or the predictions change (runs.run_stamp)."""
+    from bmteach.runs import run_stamp as stamp
+
+    return stamp(run_dir)
 
 
 def _mtimes(files) -> tuple:
@@ -217,7 +209,7 @@ def _mtimes(files) -> tuple:
 
 
 @st.cache_resource(show_spinner="Indexing the data set...", max_entries=4)
-def _index(data_dir: str, stamp: float):
+def _index(data_dir: str, stamp: tuple):
     from bmteach.data import index
     return index(data_dir)
 
@@ -228,7 +220,7 @@ def data_index(active: Active):
 
 
 @st.cache_data(max_entries=8)
-def _counts(data_dir: str, stamp: float) -> dict[str, int]:
+def _counts(data_dir: str, stamp: tuple) -> dict[str, int]:
     return class_counts(_index(data_dir, stamp).items)
 
 
@@ -247,7 +239,7 @@ def require_counts(active: Active) -> dict[str, int]:
 
 
 @st.cache_data(max_entries=64)
-def _paths_of_class(data_dir: str, stamp: float, abbr: str) -> list[str]:
+def _paths_of_class(data_dir: str, stamp: tuple, abbr: str) -> list[str]:
     return sorted(p for p, a in _index(data_dir, stamp).items if a == abbr)
 
 
@@ -268,7 +260,9 @@ def predictor(active: Active):
 
 @st.cache_resource
 def torch_lock() -> threading.Lock:
-    """Gradient methods hook into the shared models: one explanation at a time per process."""
+    """One gradient computation at a time per process. The explain functions never mutate the shared models
+    (they hook a private tap), so this is not for correctness: it bounds the memory and CPU threads that a whole
+    class pressing SmoothGrad at once would take, and keeps each request fast instead of all of them slow."""
     return threading.Lock()
 
 
@@ -284,13 +278,15 @@ def _run_json(run_dir: str, stamp: tuple, name: str) -> dict | None:
 
 def run_metrics(active: Active) -> dict | None:
     """run/metrics.json (the `metrics --json` format) or None when the run has not been evaluated."""
-    return _run_json(active.run_dir, _mtimes([Path(active.run_dir) / "metrics.json"]), "metrics.json")
+    from bmteach.runs import METRICS
+    return _run_json(active.run_dir, _mtimes([Path(active.run_dir) / METRICS]), METRICS)
 
 
 @st.cache_data(max_entries=8)
 def _run_manifest_counts(run_dir: str, stamp: tuple) -> dict[str, int] | None:
     import pandas as pd
-    path = Path(run_dir) / "manifest.csv"
+    from bmteach.runs import MANIFEST
+    path = Path(run_dir) / MANIFEST
     if not path.is_file():
         return None
     labels = pd.read_csv(path, usecols=["label"], dtype=str)["label"]
@@ -298,7 +294,8 @@ def _run_manifest_counts(run_dir: str, stamp: tuple) -> dict[str, int] | None:
 
 
 def run_manifest_counts(active: Active) -> dict[str, int] | None:
-    return _run_manifest_counts(active.run_dir, _mtimes([Path(active.run_dir) / "manifest.csv"]))
+    from bmteach.runs import MANIFEST
+    return _run_manifest_counts(active.run_dir, _mtimes([Path(active.run_dir) / MANIFEST]))
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
@@ -334,56 +331,100 @@ def teaching_text():
     return load_teaching()
 
 
-# --- torch work behind caches (keys: run, image bytes, fold, target, parameters) -------------------------
+# --- torch work behind caches (keys: run, stamp, image bytes, fold, target, parameters) -------------------
+
+@dataclass(frozen=True)
+class Explanation:
+    """One image under the active run: which fold model answers (and why), and its probabilities, maps and
+    checks, each computed once per (run, stamp, image, fold, target, parameters) and shared by all sessions.
+    Pages ask this object instead of threading run, stamp, bytes and folds through every call."""
+    run_dir: str
+    stamp: tuple
+    image_bytes: bytes = field(repr=False)
+    fold: int | None          # the model of the probabilities (None: the fold models' average)
+    map_fold: int             # the model whose maps are shown
+    reason: str               # the sentence that says whose probabilities these are
+
+    @property
+    def key(self) -> tuple:
+        """Identifies the image under this model (session-state results are stored under it)."""
+        return (self.run_dir, self.stamp, image_key(self.image_bytes), self.map_fold)
+
+    def probs(self) -> np.ndarray:
+        return _predict_probs(self.run_dir, self.stamp, self.image_bytes, self.fold)
+
+    def gradcam(self, target: int, versus: int | None = None) -> np.ndarray:
+        return _gradcam_map(self.run_dir, self.stamp, self.image_bytes, self.map_fold, int(target), versus)
+
+    def smoothgrad(self, target: int, noise: float, samples: int, progress=None) -> np.ndarray:
+        return _smoothgrad_map(self.run_dir, self.stamp, self.image_bytes, self.map_fold, int(target), noise,
+                               samples, progress)
+
+    def sanity(self, target: int):
+        return _sanity_check(self.run_dir, self.stamp, self.image_bytes, self.map_fold, int(target))
+
+    def deletion(self, target: int):
+        return _deletion_curve(self.run_dir, self.stamp, self.image_bytes, self.map_fold, int(target))
+
+
+def explanation(active: Active, image_bytes: bytes, relpath: str | None = None) -> Explanation:
+    """The Explanation of an image of the active data set (relpath) or an upload (None). Raises UserError with
+    the reason when no model may answer honestly (its held-out fold is not trained yet)."""
+    model = predictor(active)
+    choice = model.choose_fold(relpath)
+    if not choice.usable:
+        raise UserError(choice.reason)
+    return Explanation(active.run_dir, run_stamp(active.run_dir), image_bytes, choice.fold, choice.map_fold,
+                       choice.reason)
+
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def predict_probs(run_dir: str, stamp: tuple, image_bytes: bytes, fold: int | None) -> np.ndarray:
+def _predict_probs(run_dir: str, stamp: tuple, image_bytes: bytes, fold: int | None) -> np.ndarray:
     """Class probabilities (classes order) of one image: one fold's model, or the fold average for None."""
     model = _predictor(run_dir, stamp)
     return model.predict_proba([decode_image(image_bytes)], fold=fold)[0]
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def gradcam_map(run_dir: str, stamp: tuple, image_bytes: bytes, fold: int | None, target: int,
-                versus: int | None = None) -> np.ndarray:
+def _gradcam_map(run_dir: str, stamp: tuple, image_bytes: bytes, fold: int, target: int,
+                 versus: int | None = None) -> np.ndarray:
     """Grad-CAM (H, W) in [0, 1] at the model's input size; with `versus`, evidence for target rather than it."""
     from bmteach.explain import gradcam
     model = _predictor(run_dir, stamp)
     x = model.preprocess([decode_image(image_bytes)])
     with torch_lock():
-        return gradcam(model.model(fold), x, int(target), versus=versus)
+        return gradcam(model.model(fold), x, target, versus=versus)
 
 
-def smoothgrad_map(run_dir: str, stamp: tuple, image_bytes: bytes, fold: int | None, target: int,
-                   noise: float, samples: int, progress=None) -> np.ndarray:
+def _smoothgrad_map(run_dir: str, stamp: tuple, image_bytes: bytes, fold: int, target: int, noise: float,
+                    samples: int, progress=None) -> np.ndarray:
     """SmoothGrad (H, W) in [0, 1]; slow, so pages run it on a button and keep the result in session state."""
-    from bmteach.explain import METHODS
+    from bmteach.explain import smoothgrad
     model = _predictor(run_dir, stamp)
     x = model.preprocess([decode_image(image_bytes)])
     with torch_lock():
-        return METHODS["smoothgrad"](model.model(fold), x, int(target), noise=noise, samples=samples,
-                                     progress=progress)
+        return smoothgrad(model.model(fold), x, target, noise=noise, samples=samples, progress=progress)
 
 
 @st.cache_data(max_entries=64, show_spinner="Comparing with a weight-randomised model...")
-def sanity_check(run_dir: str, stamp: tuple, image_bytes: bytes, fold: int | None, target: int):
+def _sanity_check(run_dir: str, stamp: tuple, image_bytes: bytes, fold: int, target: int):
     """Grad-CAM of the trained vs a weight-randomised model and their rank correlation (SanityResult)."""
     from bmteach import explain
     model = _predictor(run_dir, stamp)
     x = model.preprocess([decode_image(image_bytes)])
     with torch_lock():
-        return explain.sanity_check(model.model(fold), x, int(target), method="gradcam")
+        return explain.sanity_check(model.model(fold), x, target, method="gradcam")
 
 
 @st.cache_data(max_entries=64, show_spinner="Deleting the most salient pixels step by step...")
-def deletion_curve(run_dir: str, stamp: tuple, image_bytes: bytes, fold: int | None, target: int):
+def _deletion_curve(run_dir: str, stamp: tuple, image_bytes: bytes, fold: int, target: int):
     """Deletion curve of the Grad-CAM map (DeletionCurve: fractions, scores, auc; lower auc = more faithful)."""
     from bmteach import explain
-    saliency = gradcam_map(run_dir, stamp, image_bytes, fold, target)
+    saliency = _gradcam_map(run_dir, stamp, image_bytes, fold, target)
     model = _predictor(run_dir, stamp)
     x = model.preprocess([decode_image(image_bytes)])
     with torch_lock():
-        return explain.deletion_curve(model.model(fold), x, int(target), saliency)
+        return explain.deletion_curve(model.model(fold), x, target, saliency)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -401,6 +442,107 @@ def top_classes(probs: np.ndarray, classes: list[str], k: int = 5) -> list[tuple
     """The k most probable classes, highest first (ties keep class order)."""
     order = np.argsort(-np.asarray(probs), kind="stable")[:k]
     return [(classes[i], float(probs[i])) for i in order]
+
+
+# --- feature map and errors: bmteach.features / embed / explore behind caches ---------------------------
+
+MAP_AUTO_LIMIT = 5000  # a run up to this size gets its map on first visit (~30 s on CPU); larger ones by command
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _oof(run_dir: str, stamp: tuple):
+    from bmteach.runs import read_oof
+    return read_oof(run_dir)
+
+
+def run_oof(active: Active):
+    """The active run's out-of-fold predictions (runs.read_oof), or None before any fold finished."""
+    return _oof(active.run_dir, run_stamp(active.run_dir))
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _feature_map(run_dir: str, stamp: tuple, data_dir: str, _progress=None):
+    from bmteach.embed import embed_run
+    return embed_run(run_dir, data_dir, progress=_progress)
+
+
+def feature_map(active: Active, compute: bool = False):
+    """The active run's map (bmteach.embed.Embedding): from disk, or, with compute=True, computed now with a
+    progress bar (features of every image, then UMAP). None when it is not on disk and compute is False."""
+    from bmteach.embed import cached_run_embedding
+    if not compute and cached_run_embedding(active.run_dir, active.data_dir) is None:
+        return None
+    bar = _LazyProgress("Computing the feature map once for this run: features of every image, then UMAP...")
+    try:
+        return _feature_map(active.run_dir, run_stamp(active.run_dir), active.data_dir, bar)
+    finally:
+        bar.close()
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _feature_table(run_dir: str, stamp: tuple, data_dir: str):
+    from bmteach.features import run_features
+    return run_features(run_dir, data_dir)
+
+
+def feature_table(active: Active):
+    """The memory-mapped features behind the map (for nearest neighbours); call after feature_map."""
+    return _feature_table(active.run_dir, run_stamp(active.run_dir), active.data_dir)
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _map_table(run_dir: str, stamp: tuple, data_dir: str):
+    from bmteach.explore import map_table
+    emb = _feature_map(run_dir, stamp, data_dir)
+    return map_table(emb.rows, emb.coords, _oof(run_dir, stamp))
+
+
+def map_table(active: Active):
+    """One row per mapped image: row id, path, label, fold, x, y, prediction and scores (explore.map_table)."""
+    return _map_table(active.run_dir, run_stamp(active.run_dir), active.data_dir)
+
+
+@st.cache_data(max_entries=4, show_spinner="Looking for possible label errors (confident learning)...")
+def _label_issues(run_dir: str, stamp: tuple):
+    from bmteach.explore import label_issues
+    return label_issues(_oof(run_dir, stamp))
+
+
+def label_issues(active: Active):
+    return _label_issues(active.run_dir, run_stamp(active.run_dir))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _class_table(run_dir: str, stamp: tuple, pairs_key: str):
+    from bmteach.explore import class_table
+    return class_table(_oof(run_dir, stamp))
+
+
+def class_table(active: Active):
+    """Per class: the run's strict/tolerant precision and recall beside the paper's Table 1."""
+    return _class_table(active.run_dir, run_stamp(active.run_dir), "default")
+
+
+# --- quiz: the answers database and the item pool ---------------------------------------------------------
+
+def quiz_store():
+    """The quiz database of this server (store.open_store keeps one per URL per process)."""
+    from bmteach.store import open_store
+    return open_store()
+
+
+@st.cache_resource(show_spinner="Preparing the quiz items...", max_entries=4)
+def _quiz_pool(data_dir: str, data_stamp: float, run_dir: str, stamp: tuple):
+    from bmteach import quiz
+    oof = quiz.read_predictions(run_dir)
+    return None if oof is None else quiz.build_pool(oof, _index(data_dir, data_stamp).items)
+
+
+def quiz_pool(active: Active):
+    """Quiz items (quiz.build_pool) of the active data set and run, or None without out-of-fold predictions.
+    Shared by every session: never mutate it."""
+    stamp = run_stamp(active.run_dir) + _mtimes([Path(active.run_dir) / "oof.csv"])
+    return _quiz_pool(active.data_dir, folder_stamp(active.data_dir), active.run_dir, stamp)
 
 
 # --- widgets shared by pages ----------------------------------------------------------------------------
@@ -478,7 +620,7 @@ PAGES = (
     ("1_Atlas.py", "Atlas: the 21 classes, their lineage and examples", "📖"),
     ("2_Quiz.py", "Quiz: test yourself", "❓"),
     ("3_Explain.py", "Explain: what the model looks at", "🔍"),
-    ("4_Embedding.py", "Embedding: the map of all cells", "🗺️"),
+    ("4_Feature_map.py", "Feature map: what the model learnt, cell by cell", "🗺️"),
     ("5_Errors.py", "Errors: where the model goes wrong", "⚠️"),
     ("6_Training.py", "Training: train your own model", "🏋️"),
     ("7_Teacher.py", "Teacher: class results", "🧑‍🏫"),

@@ -9,7 +9,7 @@ import streamlit as st
 from bmteach import ui
 from bmteach.classes import class_name
 from bmteach.errors import UserError
-from bmteach.explain import mask_energy, overlay
+from bmteach.maps import mask_energy, overlay
 
 active = ui.setup_page("Explain", icon="🔍")
 st.title("What does the model look at?")
@@ -22,7 +22,6 @@ try:
 except UserError as exc:
     st.error(str(exc))
     st.stop()
-run, stamp = active.run_dir, ui.run_stamp(active.run_dir)
 classes = model.classes
 
 # --- pick an image ----------------------------------------------------------------------------------------
@@ -38,36 +37,30 @@ if source == "From the data set":
     if relpath is None:
         st.stop()
     image_bytes, name, synthetic = ui.read_data_bytes(active.data_dir, relpath), Path(relpath).name, active.synthetic
-    fold = model.fold_of(relpath)
-    if fold is not None and fold not in model.folds:
-        st.warning(f"This image was held out in fold {fold}, whose model is not trained yet; every trained fold "
-                   "model learnt from it, so none can predict it honestly. Pick another image, or come back when "
-                   "the run is complete.")
-        st.stop()
 else:
     upload = st.file_uploader("A cell image (JPEG, PNG, TIFF, BMP, ...)", type=None, key="explain_upload")
     if upload is None:
         st.info("Upload one image of a single cell, ideally cut out like the data set's 250x250 patches.")
         st.stop()
-    image_bytes, name, fold = upload.getvalue(), upload.name, None
+    image_bytes, name = upload.getvalue(), upload.name
 try:
     image = ui.decode_image(image_bytes, name)
+    explained = ui.explanation(active, image_bytes, relpath)
 except UserError as exc:
     st.error(str(exc))
     st.stop()
 
 # --- what the model says ----------------------------------------------------------------------------------
-probs = ui.predict_probs(run, stamp, image_bytes, fold)
+probs = explained.probs()
 top = ui.top_classes(probs, classes, k=5)
-map_fold = fold if fold is not None else model.folds[0]
-if fold is not None:
-    whose = (f"the fold-{fold} model, which did not train on this image: the run held it out in fold {fold} "
-             "(an out-of-fold prediction)")
-elif relpath is not None:
-    whose = (f"the average of the {len(model.folds)} fold models: this image is not in the run's manifest, "
-             "so no fold model trained on it")
-else:
-    whose = f"the average of the {len(model.folds)} fold models (an upload belongs to no fold)"
+# A new image starts on its own top class (and A/B on its top two) unless the student pinned a class: the
+# widgets' state is set here, before they are drawn, so a selectbox and the map under it never disagree.
+if st.session_state.get("explain_image") != explained.key:
+    st.session_state["explain_image"] = explained.key
+    second = top[1][0] if len(top) > 1 else top[0][0]
+    if not st.session_state.get("explain_pin"):
+        st.session_state["explain_target"] = top[0][0]
+    st.session_state["explain_a"], st.session_state["explain_b"] = top[0][0], second
 
 left, right = st.columns([1, 2])
 with left:
@@ -77,16 +70,18 @@ with right:
     st.subheader("The model's top classes")
     st.dataframe(pd.DataFrame([{"class": a, "name": class_name(a), "probability": round(p, 4)} for a, p in top]),
                  hide_index=True, key="explain_top")
-    st.caption(f"Probabilities from {whose}. Maps below explain the fold-{map_fold} model.")
+    st.caption(f"Probabilities from {explained.reason}. Maps below explain the fold-{explained.map_fold} model.")
 
 # --- Grad-CAM for any target class --------------------------------------------------------------------------
 st.header("Grad-CAM")
 c1, c2 = st.columns(2)
-target = c1.selectbox("Explain the class", classes, index=classes.index(top[0][0]),
-                      format_func=ui.class_label, key="explain_target")
+target = c1.selectbox("Explain the class", classes, format_func=ui.class_label, key="explain_target")
+pinned = c1.checkbox("Keep this class for the next images", key="explain_pin")
+if pinned:
+    c1.caption(f"Pinned: every image is explained for {class_name(target)}, not for its own top class.")
 alpha = c2.slider("Map opacity", 0.0, 1.0, 0.5, 0.05, key="explain_alpha")
 t = classes.index(target)
-cam = ui.gradcam_map(run, stamp, image_bytes, map_fold, t)
+cam = explained.gradcam(t)
 pixels = np.asarray(image)
 g1, g2 = st.columns(2)
 g1.image(pixels, caption=ui.image_caption(name, synthetic), width="stretch")
@@ -104,11 +99,11 @@ st.header("SmoothGrad")
 s1, s2 = st.columns(2)
 noise = s1.slider("Noise level (share of the input range)", 0.05, 0.5, 0.15, 0.05, key="explain_noise")
 samples = s2.slider("Noisy samples", 5, 100, 25, 5, key="explain_samples")
-sg_key = (ui.image_key(image_bytes), run, map_fold, t, noise, samples)
+sg_key = (explained.key, t, noise, samples)  # the run's stamp is in the key: a retrained run never shows a stale map
 if st.button("Compute SmoothGrad", key="explain_smoothgrad"):
     bar = st.progress(0.0, text="SmoothGrad: averaging gradients over noisy copies...")
-    st.session_state["explain_sg"] = (sg_key, ui.smoothgrad_map(
-        run, stamp, image_bytes, map_fold, t, noise, samples, progress=lambda d, n: bar.progress(d / n)))
+    st.session_state["explain_sg"] = (sg_key, explained.smoothgrad(
+        t, noise, samples, progress=lambda d, n: bar.progress(d / n)))
     bar.empty()
 saved = st.session_state.get("explain_sg")
 if saved and saved[0] == sg_key:
@@ -119,31 +114,28 @@ else:
 
 # --- why A and not B ----------------------------------------------------------------------------------------
 st.header("Why A and not B?")
-second = top[1][0] if len(top) > 1 else classes[0]
 w1, w2 = st.columns(2)
-a = w1.selectbox("A", classes, index=classes.index(top[0][0]), format_func=ui.class_label, key="explain_a")
-b = w2.selectbox("B", classes, index=classes.index(second), format_func=ui.class_label, key="explain_b")
+a = w1.selectbox("A", classes, format_func=ui.class_label, key="explain_a")
+b = w2.selectbox("B", classes, format_func=ui.class_label, key="explain_b")
 ia, ib = classes.index(a), classes.index(b)
 v1, v2, v3 = st.columns(3)
-v1.image(overlay(pixels, ui.gradcam_map(run, stamp, image_bytes, map_fold, ia), alpha),
-         caption=f"Evidence for {a}", width="stretch")
-v2.image(overlay(pixels, ui.gradcam_map(run, stamp, image_bytes, map_fold, ib), alpha),
-         caption=f"Evidence for {b}", width="stretch")
+v1.image(overlay(pixels, explained.gradcam(ia), alpha), caption=f"Evidence for {a}", width="stretch")
+v2.image(overlay(pixels, explained.gradcam(ib), alpha), caption=f"Evidence for {b}", width="stretch")
 if ia != ib:
-    v3.image(overlay(pixels, ui.gradcam_map(run, stamp, image_bytes, map_fold, ia, versus=ib), alpha),
-             caption=f"For {a} rather than {b}", width="stretch")
+    v3.image(overlay(pixels, explained.gradcam(ia, versus=ib), alpha), caption=f"For {a} rather than {b}",
+             width="stretch")
 
 # --- can this map be trusted? -----------------------------------------------------------------------------
 st.header("Can this map be trusted?")
 if st.toggle("Sanity check: compare with a weight-randomised model", key="explain_sanity"):
-    result = ui.sanity_check(run, stamp, image_bytes, map_fold, t)
+    result = explained.sanity(t)
     k1, k2, k3 = st.columns(3)
     k1.image(overlay(pixels, result.trained, alpha), caption="Trained model", width="stretch")
     k2.image(overlay(pixels, result.randomized, alpha), caption="Random weights", width="stretch")
     k3.metric("Rank correlation", f"{result.correlation:.2f}",
               help="Below about 0.3 the map depends on what the model learnt; near 1 it mostly shows the image.")
 if st.toggle("Faithfulness: deletion curve", key="explain_deletion"):
-    curve = ui.deletion_curve(run, stamp, image_bytes, map_fold, t)
+    curve = explained.deletion(t)
     st.metric("Area under the deletion curve", f"{curve.auc:.2f}",
               help="The target's probability as the most salient pixels are blurred away first: the lower the "
                    "area, the more the map points at what the model really uses.")

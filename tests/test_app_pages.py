@@ -322,12 +322,12 @@ def test_odd_but_valid_uploads_are_explained_with_the_fold_average(env, mode):
 def test_first_start_generates_the_built_in_synthetic_data_set(fresh_home, monkeypatch):
     """No BMTEACH_DATA and no setting: the home page draws the default data set (here 1 cell per class,
     in the child process the app starts for it)."""
-    from bmteach import synth, ui
+    from bmteach import launch, synth, ui
 
     for name in (settings.DATA_ENV, settings.RUN_ENV):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(ui, "GENERATE_DEFAULT", "import bmteach.synth.dataset as s\ns.DEFAULT_PER_CLASS = 1\n"
-                        + ui.GENERATE_DEFAULT)
+    monkeypatch.setattr(launch, "GENERATE_DEFAULT", "import bmteach.synth.dataset as s\ns.DEFAULT_PER_CLASS = 1\n"
+                        + launch.GENERATE_DEFAULT)
     at = run_page(HOME)
     assert synth.is_synthetic(fresh_home / "data" / "synthetic")
     assert frame(at, "active data set")["active data set"].tolist() == [1] * len(ABBRS)
@@ -337,11 +337,11 @@ def test_first_start_generates_the_built_in_synthetic_data_set(fresh_home, monke
 
 
 def test_a_failing_generation_is_one_sentence(fresh_home, monkeypatch):
-    from bmteach import ui
+    from bmteach import launch, ui
 
     for name in (settings.DATA_ENV, settings.RUN_ENV):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(ui, "GENERATE_DEFAULT", "print(3, 10, flush=True)\nraise SystemExit('disk full')\n")
+    monkeypatch.setattr(launch, "GENERATE_DEFAULT", "print(3, 10, flush=True)\nraise SystemExit('disk full')\n")
     at = run_page(HOME)
     assert [e.value for e in at.error][:1] == [
         "The built-in synthetic data set could not be generated (disk full)."]
@@ -393,3 +393,53 @@ def test_pages_on_the_real_defaults(monkeypatch):
     for page in (HOME, ATLAS, EXPLAIN):
         at = run_page(page)
         assert not at.error, [e.value for e in at.error]
+
+
+def _gradcam_caption(at: AppTest) -> str:
+    return next(c for c in captions_of(at) if c.startswith("Grad-CAM for "))
+
+
+def test_a_new_image_starts_on_its_own_top_class_and_the_map_matches_the_dropdown(env):
+    """Issue 13.1: the map under 'Explain the class' is always for the class the dropdown shows, at once."""
+    at = run_page(EXPLAIN)
+    classes = list(ABBRS)
+    top = _top_table(at)["class"].iloc[0]
+    assert at.selectbox(key="explain_target").value == top
+    assert _gradcam_caption(at) == f"Grad-CAM for {BY_ABBR[top].name}"
+    other = next(c for c in classes if c != top)
+    at.selectbox(key="explain_target").select(other).run()
+    assert _gradcam_caption(at) == f"Grad-CAM for {BY_ABBR[other].name}"
+    at.selectbox(key="explain_class").select("PLM").run()           # another image
+    new_top = _top_table(at)["class"].iloc[0]
+    assert at.selectbox(key="explain_target").value == new_top        # not the class carried over
+    assert _gradcam_caption(at) == f"Grad-CAM for {BY_ABBR[new_top].name}"
+    table = _top_table(at)["class"].tolist()
+    assert (at.selectbox(key="explain_a").value, at.selectbox(key="explain_b").value) == (table[0], table[1])
+    assert [c for c in captions_of(at) if c.startswith("Evidence for ")] == [
+        f"Evidence for {table[0]}", f"Evidence for {table[1]}"]
+
+
+def test_a_pinned_class_carries_over_and_the_page_says_so(env):
+    at = run_page(EXPLAIN)
+    at.selectbox(key="explain_target").select("EOS").run()
+    at.checkbox(key="explain_pin").check().run()
+    at.selectbox(key="explain_class").select("PLM").run()
+    assert at.selectbox(key="explain_target").value == "EOS"
+    assert _gradcam_caption(at) == "Grad-CAM for Eosinophil"
+    assert "Pinned: every image is explained for Eosinophil" in texts(at)
+
+
+def test_folder_stamp_changes_when_an_image_is_added_to_a_class_range_folder(tmp_path):
+    from bmteach import ui
+
+    folder = tmp_path / "data" / "BLA" / "0001-1000"
+    folder.mkdir(parents=True)
+    (folder / "BLA_00001.jpg").write_bytes(b"x")
+    before = ui.folder_stamp(tmp_path / "data")
+    import os
+    import time
+    later = time.time() + 5
+    (folder / "BLA_00002.jpg").write_bytes(b"x")
+    os.utime(folder, (later, later))  # file systems with coarse mtimes: make the change visible
+    assert ui.folder_stamp(tmp_path / "data") != before
+    assert ui.folder_stamp(tmp_path / "missing") == ()

@@ -200,7 +200,7 @@ def test_choose_fold_picks_the_held_out_fold_or_averages(run):
     assert "fold-1 model, which did not train on this image" in held_out.reason
     upload = p.choose_fold(None)
     assert (upload.fold, upload.map_fold, upload.usable) == (None, 0, True)
-    assert "average of the 2 fold models: an upload belongs to no fold" in upload.reason
+    assert upload.reason == "the average of the 2 fold models (an upload belongs to no fold)"
     outside = p.choose_fold("BLA/elsewhere.jpg")
     assert outside.fold is None and "not in the run's manifest" in outside.reason
     assert p.data_paths == sorted(PATHS)
