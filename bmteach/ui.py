@@ -52,9 +52,12 @@ class Active:
         return self.run_error is None
 
 
-def setup_page(title: str, icon: str = "🔬") -> Active:
-    """Every page calls this first: page config, the active data set and run, and the sidebar."""
-    st.set_page_config(page_title=f"{title} · {APP_NAME}", page_icon=icon, layout="wide")
+def setup_page(title: str, icon: str | None = None) -> Active:
+    """Every page calls this first: page config, the active data set and run, and the sidebar. The icon comes
+    from PAGES (Material icons); `icon` is only a fallback for a page not listed there."""
+    listed = next((p.icon for p in PAGES if p.title == title), None)
+    st.set_page_config(page_title=f"{title} · {APP_NAME}", page_icon=listed or icon or ":material/biotech:",
+                       layout="wide")
     active = resolve_active()
     render_sidebar(active)
     return active
@@ -532,7 +535,7 @@ def quiz_store():
 
 
 @st.cache_resource(show_spinner="Preparing the quiz items...", max_entries=4)
-def _quiz_pool(data_dir: str, data_stamp: float, run_dir: str, stamp: tuple):
+def _quiz_pool(data_dir: str, data_stamp: tuple, run_dir: str, stamp: tuple):
     from bmteach import quiz
     oof = quiz.read_predictions(run_dir)
     return None if oof is None else quiz.build_pool(oof, _index(data_dir, data_stamp).items)
@@ -541,8 +544,7 @@ def _quiz_pool(data_dir: str, data_stamp: float, run_dir: str, stamp: tuple):
 def quiz_pool(active: Active):
     """Quiz items (quiz.build_pool) of the active data set and run, or None without out-of-fold predictions.
     Shared by every session: never mutate it."""
-    stamp = run_stamp(active.run_dir) + _mtimes([Path(active.run_dir) / "oof.csv"])
-    return _quiz_pool(active.data_dir, folder_stamp(active.data_dir), active.run_dir, stamp)
+    return _quiz_pool(active.data_dir, folder_stamp(active.data_dir), active.run_dir, run_stamp(active.run_dir))
 
 
 # --- widgets shared by pages ----------------------------------------------------------------------------
@@ -615,24 +617,45 @@ def show_data_cell(active: Active, relpath: str, label: str | None = None, width
     show_cell(image, label or name, active.synthetic, width=width)
 
 
-# The app's pages in menu order: (file under pages/, label, icon). Pages not present yet are not linked.
+@dataclass(frozen=True)
+class PageInfo:
+    file: str       # under pages/
+    title: str      # the sidebar entry and the browser tab
+    icon: str       # Material icons: emoji show as empty boxes on machines without an emoji font
+    section: str    # Learn / Explore / Teach
+    blurb: str      # one line on the home page
+
+
+# The app's pages in menu order; pages not present in this checkout are left out of the menu.
 PAGES = (
-    ("1_Atlas.py", "Atlas: the 21 classes, their lineage and examples", "📖"),
-    ("2_Quiz.py", "Quiz: test yourself", "❓"),
-    ("3_Explain.py", "Explain: what the model looks at", "🔍"),
-    ("4_Feature_map.py", "Feature map: what the model learnt, cell by cell", "🗺️"),
-    ("5_Errors.py", "Errors: where the model goes wrong", "⚠️"),
-    ("6_Training.py", "Training: train your own model", "🏋️"),
-    ("7_Teacher.py", "Teacher: class results", "🧑‍🏫"),
+    PageInfo("0_Home.py", "Home", ":material/home:", "Learn", "What bmteach is and what is active"),
+    PageInfo("1_Atlas.py", "Atlas", ":material/menu_book:", "Learn", "The 21 classes, their lineage and examples"),
+    PageInfo("2_Quiz.py", "Quiz", ":material/quiz:", "Learn", "Test yourself against the expert and the model"),
+    PageInfo("3_Explain.py", "Explain", ":material/visibility:", "Explore", "What the model looks at"),
+    PageInfo("4_Feature_map.py", "Feature map", ":material/scatter_plot:", "Explore", "The map of all cells"),
+    PageInfo("5_Errors.py", "Errors", ":material/rule:", "Explore", "Where the model goes wrong"),
+    PageInfo("6_Training.py", "Training", ":material/model_training:", "Teach", "Train your own model"),
+    PageInfo("7_Teacher.py", "Teacher", ":material/school:", "Teach", "Class results"),
 )
+HOME_PAGE = "0_Home.py"
+
+
+def present_pages() -> dict[str, list[PageInfo]]:
+    """The pages that exist in this checkout, grouped by section in menu order."""
+    from bmteach.storage import REPO_ROOT
+    sections: dict[str, list[PageInfo]] = {}
+    for page in PAGES:
+        if (REPO_ROOT / "pages" / page.file).is_file():
+            sections.setdefault(page.section, []).append(page)
+    return sections
 
 
 def page_links() -> None:
-    """A link to every page that exists in this checkout."""
-    from bmteach.storage import REPO_ROOT
-    for name, label, icon in PAGES:
-        if (REPO_ROOT / "pages" / name).is_file():
-            st.page_link(f"pages/{name}", label=label, icon=icon)
+    """A link to every other page that exists in this checkout."""
+    for items in present_pages().values():
+        for page in items:
+            if page.file != HOME_PAGE:
+                st.page_link(f"pages/{page.file}", label=f"{page.title}: {page.blurb}", icon=page.icon)
 
 
 # --- instructor guard -----------------------------------------------------------------------------------
