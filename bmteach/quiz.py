@@ -501,3 +501,21 @@ def lineage_options() -> list[str]:
 def picker_label(abbr: str) -> str:
     """'granulopoiesis · MYB · Myelocyte': typing a lineage, an abbreviation or a name finds the class."""
     return f"{BY_ABBR[abbr].lineage} · {abbr} · {class_name(abbr)}"
+
+
+def confusion_figure(points: pd.DataFrame, height: int = 520):
+    """The confusion matrix as a scatter of squares (plotly returns selections for scatter traces, not heatmaps):
+    x = the answer given, y = the expert's class, size and colour = how often."""
+    import plotly.graph_objects as go
+
+    order = [a for a in ABBRS if a in set(points["expert"]) | set(points["answer"])]
+    biggest = max(int(points["count"].max()), 1) if len(points) else 1
+    fig = go.Figure(go.Scatter(
+        x=points["answer"], y=points["expert"], mode="markers+text", text=points["count"], name="answers",
+        marker=dict(symbol="square", size=[14 + 26 * c / biggest for c in points["count"]],
+                    color=points["count"], colorscale="Blues", showscale=False, line=dict(width=1, color="#555")),
+        textfont=dict(size=10), hovertemplate="expert %{y}, answered %{x}: %{text}<extra></extra>"))
+    fig.update_xaxes(title="answered", categoryorder="array", categoryarray=order, side="top")
+    fig.update_yaxes(title="expert's class", categoryorder="array", categoryarray=order[::-1])
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), dragmode="select")
+    return fig

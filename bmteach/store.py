@@ -397,6 +397,13 @@ class Store:
         with self._write() as conn:
             conn.execute(update(exams).where(exams.c.code == code).values(is_open=bool(is_open)))
 
+    def exam_started(self, token: str, code: str) -> float | None:
+        """When this student started this exam, or None when not yet."""
+        with self._read() as conn:
+            value = conn.execute(select(exam_starts.c.started).where(
+                exam_starts.c.token == token, exam_starts.c.exam_code == code)).scalar()
+        return None if value is None else float(value)
+
     def start_exam(self, token: str, code: str, now: float | None = None) -> float:
         """When this student started this exam (the first call sets it; later calls return the same time)."""
         with self._write() as conn:

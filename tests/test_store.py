@@ -190,7 +190,9 @@ def test_exams_open_close_and_start_once(store):
     store.set_exam_open(exam_code, False)
     assert not store.exam(exam_code).is_open
     assert [e.code for e in store.class_exams(code)] == [exam_code]
+    assert store.exam_started(ann.token, exam_code) is None
     t0 = store.start_exam(ann.token, exam_code, now=100.0)
+    assert store.exam_started(ann.token, exam_code) == 100.0
     assert t0 == 100.0 and store.start_exam(ann.token, exam_code, now=200.0) == 100.0
     assert store.exam("NOSUCH") is None
 

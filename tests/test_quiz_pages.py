@@ -1,0 +1,176 @@
+"""AppTest of the Quiz and Teacher pages on a tiny synthetic data set and a tiny two-fold run whose out-of-fold
+predictions are written by hand (every cell right at 0.9, except a contested MMZ and an unsure EOS)."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from bmteach import settings
+from bmteach.classes import ABBRS
+from bmteach.data import build_manifest, index, write_manifest
+from bmteach.models import ModelMeta, create_model, save_checkpoint
+from bmteach.storage import REPO_ROOT
+from bmteach.store import open_store
+from bmteach.synth import generate_dataset
+
+TIMEOUT = 60
+QUIZ, TEACHER = (str(REPO_ROOT / p) for p in ("pages/2_Quiz.py", "pages/7_Teacher.py"))
+SECRET = "correct horse"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quizapp")
+    data = generate_dataset(root / "data", per_class=3, seed=0, workers=1)
+    run = root / "run"
+    manifest = build_manifest(index(data), k=2, seed=0)
+    run.mkdir()
+    write_manifest(manifest, run / "manifest.csv")
+    torch.manual_seed(0)
+    for fold in (0, 1):
+        meta = ModelMeta(model="sequential", image_size=32, fold=fold, epochs=1, epoch=1, complete=True)
+        save_checkpoint(create_model("sequential", len(ABBRS)), meta, run / f"fold{fold}" / "model.pt")
+    (run / "config.json").write_text(json.dumps({"classes": list(ABBRS), "num_folds": 2}))
+    rows = []
+    for r in manifest.itertuples():
+        pred, conf = r.label, 0.9
+        if r.path.startswith("MMZ/") and r.path.endswith("1.jpg"):
+            pred, conf = "MYB", 0.95   # contested
+        if r.path.startswith("EOS/") and r.path.endswith("1.jpg"):
+            pred, conf = "BAS", 0.4    # unsure and wrong: beat the model
+        probs = {f"prob_{a}": (1 - conf) / 20 for a in ABBRS}
+        probs[f"prob_{pred}"] = conf
+        rows.append({"path": r.path, "true": r.label, "pred": pred, "fold": int(r.fold), **probs})
+    pd.DataFrame(rows).to_csv(run / "oof.csv", index=False)
+    return data, run
+
+
+@pytest.fixture
+def env(tiny, monkeypatch, fresh_home):
+    data, run = tiny
+    monkeypatch.setenv(settings.DATA_ENV, str(data))
+    monkeypatch.setenv(settings.RUN_ENV, str(run))
+    monkeypatch.delenv(settings.SECRET_ENV, raising=False)
+    monkeypatch.delenv("BMTEACH_DB_URL", raising=False)
+    return open_store()
+
+
+def page(path: str, **params) -> AppTest:
+    at = AppTest.from_file(path, default_timeout=TIMEOUT)
+    at.query_params.update(params)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [e.value for kind in ("markdown", "caption", "info", "error", "warning", "success", "header",
+                                  "subheader", "title") for e in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+def answer_box(at: AppTest):
+    return next(s for s in at.selectbox if s.label == "Your answer")
+
+
+def submit(at: AppTest, label: str = "Answer") -> None:
+    next(b for b in at.button if b.label == label).click().run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def test_joining_puts_the_token_in_the_url_and_a_refresh_resumes(env):
+    code = env.create_class("Test class")
+    at = page(QUIZ)
+    assert "Join your class" in texts(at)
+    at.text_input(key="join_code").input(code.lower())
+    at.text_input(key="join_name").input("ann")
+    submit(at, "Join")
+    token = at.query_params["t"]
+    assert env.student(token).pseudonym == "ann"
+    # a refresh is a new session: only the URL survives
+    again = page(QUIZ, t=token)
+    assert "Answering as **ann**" in texts(again) and not [t for t in again.text_input if t.key == "join_code"]
+    stale = page(QUIZ, t="no-such-token")
+    assert "not valid any more" in texts(stale)
+
+
+def test_a_practice_round_commits_then_reveals_and_stores_each_answer_once(env):
+    code = env.create_class()
+    ann = env.join(code, "ann")
+    at = page(QUIZ, t=ann.token)
+    assert any(img.captions and "Which cell is this?" in img.captions[0] for img in at.image)
+    assert "Expert:" not in texts(at)  # nothing revealed before the answer
+    answer_box(at).select("MYB")
+    submit(at)
+    stored = env.answers_of(ann.token)
+    assert len(stored) == 1 and stored["chosen"].iloc[0] == "MYB" and stored["mode"].iloc[0] == "practice"
+    assert "Expert:" in texts(at) and {m.label for m in at.metric} >= {"Strict", "Tolerant", "Credit"}
+    assert len(at.image) >= 2  # the cell and the model's Grad-CAM
+    at.run()  # a rerun (or a double click) of the same attempt stores nothing new
+    assert len(env.answers_of(ann.token)) == 1
+    assert not env.cards_of(ann.token).empty
+    next(b for b in at.button if b.label == "Next item").click().run()
+    answer_box(at).select("NGS")
+    submit(at)
+    assert len(env.answers_of(ann.token)) == 2
+    results = page(QUIZ, t=ann.token, m="results")
+    assert "Per class: you and the model" in texts(results)
+
+
+def test_an_exam_gives_feedback_only_at_the_end(env, tiny):
+    data, _ = tiny
+    code = env.create_class()
+    ann = env.join(code, "ann")
+    items = ["MMZ/0001-0003/MMZ_00002.jpg", "MYB/0001-0003/MYB_00002.jpg"]
+    exam = env.create_exam(code, items, title="Week 1", time_limit_s=600)
+    at = page(QUIZ, t=ann.token, m="exam", e=exam)
+    assert "Week 1" in texts(at) and "10 minutes" in texts(at)
+    next(b for b in at.button if b.label == "Start the exam").click().run()
+    for chosen in ("MMZ", "NGS"):
+        assert "Expert:" not in texts(at)
+        answer_box(at).select(chosen)
+        submit(at, "Answer and go on")
+    mine = env.answers_of(ann.token, mode="exam", exam_code=exam)
+    assert mine["item"].tolist() == items and mine["strict"].tolist() == [True, False]
+    assert "Exam finished." in texts(at)
+    report = at.table[0].value
+    assert report["your answer"].tolist() == ["MMZ", "NGS"] and report["credit"].tolist() == [1.0, 0.0]
+
+
+def test_the_teacher_page_needs_the_secret(env):
+    at = page(TEACHER)
+    assert settings.SECRET_ENV in texts(at) and not at.selectbox
+
+
+def test_the_teacher_page_with_the_secret(env, monkeypatch):
+    monkeypatch.setenv(settings.SECRET_ENV, SECRET)
+    code = env.create_class("Haematology")
+    ann, bob = env.join(code, "ann"), env.join(code, "bob")
+    from bmteach.store import Answer
+    for who, chosen in ((ann, "MYB"), (bob, "MMZ")):
+        env.record_answer(Answer(f"{who.pseudonym}-1", who.token, "MMZ/0001-0003/MMZ_00002.jpg", "MMZ", chosen,
+                                 "MMZ", chosen == "MMZ", True, 1.0 if chosen == "MMZ" else 0.5))
+    at = page(TEACHER)
+    at.text_input(key="teacher_secret").input("wrong").run()
+    assert "not the instructor secret" in texts(at) and not at.selectbox
+    at.text_input(key="teacher_secret").input(SECRET).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="teacher_class").value == code
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Students"] == "2" and metrics["Answers"] == "2" and metrics["Strict"] == "50%"
+    # a confusion picked from the list shows its cells with the model's label
+    at.selectbox(key="teacher_cell").select(("MMZ", "MYB")).run()
+    assert any("model: MMZ" in (img.captions[0] if img.captions else "") for img in at.image)
+    # an exam is created from the pool, class-balanced
+    at.button(key="FormSubmitter:teacher_exam_form-Create the exam").click().run()
+    exams = env.class_exams(code)
+    assert len(exams) == 1 and len(exams[0].items) == 2 * 21  # two of the three cells of every class
+    assert "MMZ/0001-0003/MMZ_00001.jpg" not in exams[0].items  # the contested cell is left out
+    # erase after typing the code
+    at.text_input(key="teacher_erase_confirm").input(code).run()
+    at.button(key="teacher_erase").click().run()
+    assert not at.exception and not env.class_exists(code) and env.student(ann.token) is None
