@@ -1,65 +1,49 @@
-"""Test helpers shared by several test files (import as `from helpers import ...`)."""
+"""Helpers shared by test files (import them from here, never from another test file)."""
 from __future__ import annotations
 
-import glob
-import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
-PG_PORT = 55432
-PG_USER = "bm"
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from bmteach.train import TrainConfig, build_or_read_manifest
+
+COLOURS = {"BLA": (200, 40, 40), "LYT": (40, 200, 40), "EBO": (40, 40, 200), "NGS": (210, 210, 40)}
+# Tiny and fast: 32 px, 4 colour-coded classes, batch 8, one CPU thread.
+TINY = ["--model", "sequential", "--image-size", "32", "--batch-size", "8", "--lr", "0.003"]
 
 
-def postgres_bin() -> Path | None:
-    """Debian's PostgreSQL server binaries (newest version), or None when the package is not installed."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
-    return Path(found[-1]).parent if found else None
+def make_tiny_dataset(root: Path, per_class: int = 10, size: int = 32, seed: int = 0) -> Path:
+    """Cells in the real layout (<ABBR>/<ABBR>_00001.jpg): one flat colour per class plus noise."""
+    rng = np.random.default_rng(seed)
+    for abbr, colour in COLOURS.items():
+        folder = root / abbr
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{abbr}_{i + 1:05d}.jpg", quality=95)
+    return root
 
 
-class PostgresServer:
-    """A throw-away PostgreSQL server as the unprivileged `postgres` user, in a temporary folder, listening on a
-    Unix socket only (no TCP port, no system service). `start()` returns the SQLAlchemy URL or raises
-    RuntimeError saying why it cannot start."""
+def state_dicts_equal(a: Path, b: Path) -> bool:
+    sa = torch.load(a, map_location="cpu", weights_only=True)
+    sb = torch.load(b, map_location="cpu", weights_only=True)
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
-    def __init__(self, port: int = PG_PORT):
-        self.port = port
-        self.dir: Path | None = None
 
-    def _as_postgres(self, *cmd: str, timeout: float = 60) -> None:
-        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        done = subprocess.run(prefix + list(cmd), capture_output=True, text=True, timeout=timeout)
-        if done.returncode != 0:
-            raise RuntimeError(f"{Path(cmd[0]).name} failed: {(done.stderr or done.stdout).strip()[-400:]}")
+def tiny_config(data: Path, **changes) -> TrainConfig:
+    cfg = TrainConfig(model="sequential", data_root=str(data), image_size=32, num_folds=2, folds=[0, 1], epochs=3,
+                      per_class=6, batch_size=8, lr=3e-3)
+    for k, v in changes.items():
+        setattr(cfg, k, v)
+    return cfg
 
-    def start(self) -> str:
-        bindir = postgres_bin()
-        if bindir is None:
-            raise RuntimeError("Debian's postgresql package is not installed (no /usr/lib/postgresql/*/bin)")
-        if os.geteuid() == 0 and shutil.which("runuser") is None:
-            raise RuntimeError("running as root without runuser: cannot start PostgreSQL unprivileged")
-        self.dir = Path(tempfile.mkdtemp(prefix="bmpg-"))
-        if os.geteuid() == 0:
-            shutil.chown(self.dir, "postgres", "postgres")
-        db = self.dir / "db"
-        self._as_postgres(str(bindir / "initdb"), "-D", str(db), "-A", "trust", "-U", PG_USER, "--no-sync")
-        self._as_postgres(str(bindir / "pg_ctl"), "-D", str(db), "-o",
-                          f"-p {self.port} -k {self.dir} -c listen_addresses='' -c fsync=off",
-                          "-l", str(self.dir / "log"), "-w", "start")
-        return self.url
 
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://{PG_USER}@/postgres?host={self.dir}&port={self.port}"
+def prepared_run(data: Path, out: Path, cfg: TrainConfig) -> pd.DataFrame:
+    from bmteach.train import prepare_run
 
-    def stop(self) -> None:
-        if self.dir is None:
-            return
-        bindir = postgres_bin()
-        try:
-            self._as_postgres(str(bindir / "pg_ctl"), "-D", str(self.dir / "db"), "-m", "fast", "-w", "stop")
-        except (RuntimeError, subprocess.TimeoutExpired):
-            pass
-        shutil.rmtree(self.dir, ignore_errors=True)
-        self.dir = None
+    manifest = build_or_read_manifest(data, None, cfg.num_folds, cfg.seed)
+    prepare_run(cfg, out, manifest, resume=False)
+    return manifest

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from test_train import TINY, make_tiny_dataset, tiny_config, prepared_run
+from helpers import TINY, make_tiny_dataset, prepared_run, tiny_config
 
 
 def free_port() -> int:

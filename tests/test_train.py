@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 from bmteach.__main__ import main
 from bmteach.data import read_manifest
@@ -20,26 +19,10 @@ from bmteach.errors import UserError
 from bmteach.models import load_checkpoint
 from bmteach.runs import (LOCK_NAME, PARENT_LOCK_ENV, RunLock, launch_training, lock_owner, open_run, read_log, read_progress,
                           stop_training)
-from bmteach.train import (TrainConfig, build_or_read_manifest, plan_parallel_folds, run_training, split_fold)
+from bmteach.train import (build_or_read_manifest, plan_parallel_folds, run_training, split_fold)
+from helpers import TINY, make_tiny_dataset, prepared_run, state_dicts_equal, tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
-COLOURS = {"BLA": (200, 40, 40), "LYT": (40, 200, 40), "EBO": (40, 40, 200), "NGS": (210, 210, 40)}
-# Tiny and fast: 32 px, 4 colour-coded classes, batch 8, one CPU thread.
-TINY = ["--model", "sequential", "--image-size", "32", "--batch-size", "8", "--lr", "0.003"]
-
-
-def make_tiny_dataset(root: Path, per_class: int = 10, size: int = 32, seed: int = 0) -> Path:
-    """Cells in the real layout (<ABBR>/<ABBR>_00001.jpg): one flat colour per class plus noise."""
-    rng = np.random.default_rng(seed)
-    for abbr, colour in COLOURS.items():
-        folder = root / abbr
-        folder.mkdir(parents=True)
-        for i in range(per_class):
-            pixels = np.clip(np.array(colour) + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(folder / f"{abbr}_{i + 1:05d}.jpg", quality=95)
-    return root
-
-
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     return make_tiny_dataset(tmp_path_factory.mktemp("tiny") / "data")
@@ -47,28 +30,6 @@ def tiny_data(tmp_path_factory) -> Path:
 
 def train_cli(data: Path, out: Path, *extra: str) -> int:
     return main(["train", "--data", str(data), "--out", str(out), *TINY, *extra])
-
-
-def state_dicts_equal(a: Path, b: Path) -> bool:
-    sa = torch.load(a, map_location="cpu", weights_only=True)
-    sb = torch.load(b, map_location="cpu", weights_only=True)
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-def tiny_config(data: Path, **changes) -> TrainConfig:
-    cfg = TrainConfig(model="sequential", data_root=str(data), image_size=32, num_folds=2, folds=[0, 1], epochs=3,
-                      per_class=6, batch_size=8, lr=3e-3)
-    for k, v in changes.items():
-        setattr(cfg, k, v)
-    return cfg
-
-
-def prepared_run(data: Path, out: Path, cfg: TrainConfig) -> pd.DataFrame:
-    from bmteach.train import prepare_run
-
-    manifest = build_or_read_manifest(data, None, cfg.num_folds, cfg.seed)
-    prepare_run(cfg, out, manifest, resume=False)
-    return manifest
 
 
 # --- learning ------------------------------------------------------------------------------------------------
