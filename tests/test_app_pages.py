@@ -182,9 +182,15 @@ def test_explain_data_set_image_uses_its_out_of_fold_model(env):
     assert top["class"].iloc[0] == predictor.classes[int(np.argmax(expected))]
     assert f"fold-{fold} model, which did not train on this image" in texts(at)
     # Grad-CAM overlay, mask energy (synthetic), both shown without any button
-    assert any(m.label.startswith("Share of the Grad-CAM") for m in at.metric)
-    share = next(m for m in at.metric if m.label.startswith("Share")).value
-    assert 0 <= int(share.rstrip("%")) <= 100
+    from bmteach import explain
+    from bmteach.maps import mask_energy
+    from bmteach.synth import mask_path
+
+    cam = explain.gradcam(predictor.model(fold), predictor.preprocess([load_image(data / relpath)]),
+                          int(np.argmax(expected)))
+    mask = np.asarray(Image.open(mask_path(data, relpath)))
+    share = next(m for m in at.metric if m.label.startswith("Share of the Grad-CAM")).value
+    assert share == f"{mask_energy(cam, mask):.0%}"
 
 
 def test_explain_smoothgrad_and_checks_on_request(env):
@@ -198,7 +204,18 @@ def test_explain_smoothgrad_and_checks_on_request(env):
     at.toggle(key="explain_deletion").set_value(True).run()
     assert not at.exception
     labels = {m.label: m.value for m in at.metric}
-    assert -1.0 <= float(labels["Rank correlation"]) <= 1.0
+    from bmteach import explain
+    from bmteach.infer import Predictor
+
+    data, run, manifest = env
+    predictor = Predictor.from_run(run, device="cpu")
+    abbr = at.selectbox(key="explain_class").value
+    relpath = at.selectbox(key=f"explain_pick_{abbr}_image").value
+    fold = int(manifest.set_index("path").loc[relpath, "fold"])
+    x = predictor.preprocess([load_image(data / relpath)])
+    target = predictor.classes.index(at.selectbox(key="explain_target").value)
+    expected = explain.sanity_check(predictor.model(fold), x, target, method="gradcam").correlation
+    assert labels["Rank correlation"] == f"{expected:.2f}"
     assert 0.0 <= float(labels["Area under the deletion curve"]) <= 1.0
 
 
@@ -352,8 +369,15 @@ def test_a_large_photo_upload_is_shrunk_once_and_explained(env):
     Image.new("RGB", (3000, 2000), (180, 120, 200)).save(buf, "JPEG")
     at = _upload(run_page(EXPLAIN), "photo.jpg", buf.getvalue(), "image/jpeg")
     assert not at.error
+    from bmteach.infer import Predictor
+
+    _, run, _ = env
+    shrunk = Image.open(buf).convert("RGB")
+    shrunk.thumbnail((1024, 1024), Image.Resampling.LANCZOS)   # ui.MAX_SIDE: shrunk once, as the page does
+    expected = Predictor.from_run(run, device="cpu").predict_proba([shrunk], fold=None)[0]
     top = _top_table(at)
-    assert len(top) == 5 and top["probability"].sum() <= 1.0 + 1e-6
+    assert len(top) == 5
+    np.testing.assert_allclose(top["probability"].to_numpy(), np.round(np.sort(expected)[::-1][:5], 4), atol=1e-4)
 
 
 @pytest.mark.parametrize("page", [HOME, ATLAS, EXPLAIN])
