@@ -41,9 +41,9 @@ def real_sample() -> Path:
 
 @pytest.fixture(scope="session")
 def postgres_url():
-    """A real PostgreSQL server for this test session (tests/helpers.PostgresServer); skipped, with the reason,
+    """A real PostgreSQL server for this test session (tests/postgres_server.py); skipped, with the reason,
     only when the server cannot start on this machine."""
-    from helpers import PostgresServer
+    from postgres_server import PostgresServer
 
     server = PostgresServer()
     try:
