@@ -42,7 +42,7 @@ def _wait_for_health(url: str, proc: subprocess.Popen, timeout: float = 90) -> N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited early: {proc.stdout.read()}")
+            raise RuntimeError(f"streamlit exited early (exit status {proc.returncode}); see its log")
         try:
             with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
                 if r.status == 200:
@@ -60,10 +60,12 @@ def server(tmp_path_factory):
     env = {**os.environ, "BMTEACH_DATA": str(data), "BMTEACH_RUN": str(DEMO_RUN),
            "BMTEACH_HOME": str(root / "home"), "OMP_NUM_THREADS": "1"}
     env.pop("BMTEACH_INSTRUCTOR_SECRET", None)
+    # The server's output goes to a file, never a pipe nobody reads: a full pipe would block the server.
+    log = open(root / "streamlit.log", "wb")  # noqa: SIM115 - closed in the teardown below
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none"],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -75,6 +77,7 @@ def server(tmp_path_factory):
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +97,13 @@ def open_page(browser, url: str):
     return page
 
 
+def wait_until_idle(page, timeout_ms: int = 60_000) -> None:
+    """Wait until Streamlit has finished running the script (its 'Running...' status widget is gone)."""
+    page.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=timeout_ms)
+
+
 def assert_no_exception(page) -> None:
-    page.wait_for_timeout(500)
+    wait_until_idle(page)
     assert page.locator("[data-testid=stException]").count() == 0
 
 
