@@ -46,8 +46,20 @@ def start_children(cmds_and_envs: list[tuple[list[str], dict]]) -> int:
 
 # Run in a child Python: synth's worker pool uses "spawn", which re-runs the parent's __main__ in every worker,
 # and inside Streamlit __main__ is the page script itself (each worker would start the app again).
-GENERATE_DEFAULT = ("from bmteach.synth import ensure_default_dataset\n"
-                    "ensure_default_dataset(progress=lambda done, total: print(done, total, flush=True))\n")
+GENERATE_DEFAULT = "from bmteach.launch import generate_in_child\ngenerate_in_child()\n"
+
+
+def generate_in_child() -> None:
+    """The child's side: draw the default data set, one 'done total' line per progress step on stdout."""
+    import sys
+
+    from bmteach.synth import ensure_default_dataset
+
+    def report(done: int, total: int) -> None:
+        sys.stdout.write(f"{done} {total}\n")
+        sys.stdout.flush()
+
+    ensure_default_dataset(progress=report)
 
 
 def progress_line(line: str) -> tuple[int, int] | None:
