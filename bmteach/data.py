@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,15 +46,22 @@ SKIP_EXCLUDED = "folder excluded by the mapping"
 SKIP_LOOSE = "file outside the class folders"
 SKIP_LINK_OUTSIDE = "symbolic link leading outside the data folder"
 SKIP_LINKED_FOLDER = "symbolic link to a folder inside a class folder (not followed)"
+SKIP_LINKED_CLASS = "symbolic link to another class folder (its images would get a second label)"
+SKIP_BROKEN_LINK = "symbolic link that leads nowhere or loops"
+SKIP_NOT_REGULAR = "not a regular file (a pipe, device or socket)"
+SKIP_BAD_NAME = "name is not valid UTF-8 (rename it)"
 
 def quick_check(path: str | os.PathLike) -> str | None:
     """Why a file is not a usable image (a SKIP_* reason), or None when it looks fine. Reads 48 bytes, decodes
-    nothing: an empty file, foreign content and a JPEG/PNG/GIF cut short (no end marker) are caught."""
+    nothing: a pipe or device, an empty file, foreign content and a JPEG/PNG/GIF cut short (no end marker) are
+    caught."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # opening a FIFO must not wait for a writer
     except OSError:
         return SKIP_UNREADABLE
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return SKIP_NOT_REGULAR
         head = os.read(fd, 16)
         if not head:
             return SKIP_EMPTY
@@ -151,6 +159,33 @@ def _label_of(name: str, mapping: dict[str, str] | None) -> str | None:
     return name if name in BY_ABBR else None
 
 
+def _kind(entry: os.DirEntry) -> str:
+    """'dir', 'file' (regular), 'other' (a pipe, device or socket) or 'broken' (a symbolic link that leads
+    nowhere or loops: asking it raises OSError, which must not stop a walk)."""
+    try:
+        if entry.is_dir():
+            return "dir"
+        if entry.is_file():
+            return "file"
+        return "broken" if entry.is_symlink() and not os.path.exists(entry.path) else "other"
+    except OSError:
+        return "broken"
+
+
+def _is_utf8(name: str) -> bool:
+    # os.scandir hands undecodable bytes back as lone surrogates; a manifest, a page or stdout cannot hold them.
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(rel: str) -> str:
+    """A path as a report can show it: undecodable bytes as \\xNN."""
+    return rel if _is_utf8(rel) else os.fsencode(rel).decode("utf-8", "backslashreplace")
+
+
 def _is_dir(entry: os.DirEntry) -> bool:
     """entry.is_dir(), False where it cannot be told (a symbolic link loop raises OSError there)."""
     try:
@@ -238,6 +273,9 @@ class _Scanner:
         rel = path[len(self.root_prefix):]
         return rel.replace(os.sep, "/") if os.sep != "/" else rel
 
+    def skip(self, path: str, reason: str, folder: bool = False) -> None:
+        self.skipped.append((_printable(self.rel(path)) + ("/" if folder else ""), reason))
+
     def link_leaves_root(self, entry: os.DirEntry) -> bool:
         target = os.path.realpath(entry.path)
         return target != str(self.root) and not target.startswith(self.root_prefix)
@@ -259,29 +297,37 @@ class _Scanner:
                 with os.scandir(current) as it:
                     entries = list(it)
             except OSError:
-                self.skipped.append((self.rel(current) + "/", SKIP_UNREADABLE))
+                self.skip(current, SKIP_UNREADABLE, folder=True)
                 continue
             for e in entries:
                 self.visit(e, abbr, stack)
 
     def visit(self, e: os.DirEntry, abbr: str, stack: list[str]) -> None:
-        if _is_hidden(e.name):
-            self.skipped.append((self.rel(e.path) + ("/" if e.is_dir() else ""), SKIP_HIDDEN))
+        kind = _kind(e)
+        folder = kind == "dir"
+        if not _is_utf8(e.name):
+            self.skip(e.path, SKIP_BAD_NAME, folder)
+        elif _is_hidden(e.name):
+            self.skip(e.path, SKIP_HIDDEN, folder)
         elif e.is_symlink() and self.link_leaves_root(e):
-            self.skipped.append((self.rel(e.path), SKIP_LINK_OUTSIDE))
-        elif e.is_dir():
+            self.skip(e.path, SKIP_LINK_OUTSIDE)
+        elif kind == "broken":
+            self.skip(e.path, SKIP_BROKEN_LINK)
+        elif folder:
             if e.is_symlink():  # never followed below the class level: no loops, no double counting
-                self.skipped.append((self.rel(e.path) + "/", SKIP_LINKED_FOLDER))
+                self.skip(e.path, SKIP_LINKED_FOLDER, folder=True)
             else:
                 stack.append(e.path)
         elif os.path.splitext(e.name)[1].lower() not in IMAGE_EXTENSIONS:
-            self.skipped.append((self.rel(e.path), SKIP_EXTENSION))
+            self.skip(e.path, SKIP_EXTENSION)
+        elif kind != "file":  # a FIFO named .jpg would block the first read forever
+            self.skip(e.path, SKIP_NOT_REGULAR)
         else:
             reason = self.check_file(e.path)
             if reason is None:
                 self.items.append((self.rel(e.path), abbr))
             else:
-                self.skipped.append((self.rel(e.path), reason))
+                self.skip(e.path, reason)
 
 
 def index(root, mapping=None, verify: bool = False) -> IndexResult:
@@ -297,20 +343,29 @@ def index(root, mapping=None, verify: bool = False) -> IndexResult:
     scanner = _Scanner(root, verify)
     with os.scandir(class_root) as it:
         entries = sorted(it, key=lambda e: e.name)
+    folders = {os.path.realpath(e.path) for e in entries if not e.is_symlink() and _is_dir(e)}
     for e in entries:
-        if e.name in SYNTH_OWNED or _is_hidden(e.name):
-            if e.name not in SYNTH_OWNED:
-                scanner.skipped.append((scanner.rel(e.path) + ("/" if e.is_dir() else ""), SKIP_HIDDEN))
+        kind = _kind(e)
+        if e.name in SYNTH_OWNED:
+            continue
+        if not _is_utf8(e.name):
+            scanner.skip(e.path, SKIP_BAD_NAME, kind == "dir")
+        elif _is_hidden(e.name):
+            scanner.skip(e.path, SKIP_HIDDEN, kind == "dir")
         elif e.is_symlink() and scanner.link_leaves_root(e):
-            scanner.skipped.append((scanner.rel(e.path), SKIP_LINK_OUTSIDE))
-        elif not e.is_dir():
-            scanner.skipped.append((scanner.rel(e.path), SKIP_LOOSE))
+            scanner.skip(e.path, SKIP_LINK_OUTSIDE)
+        elif kind == "broken":
+            scanner.skip(e.path, SKIP_BROKEN_LINK)
+        elif kind != "dir":
+            scanner.skip(e.path, SKIP_LOOSE)
+        elif e.is_symlink() and os.path.realpath(e.path) in folders:  # NGB -> BLA: the same cells, two labels
+            scanner.skip(e.path, SKIP_LINKED_CLASS, folder=True)
         else:
             label = _label_of(e.name, mapping)
             if label is None:
-                scanner.skipped.append((scanner.rel(e.path) + "/", SKIP_UNKNOWN_CLASS))
+                scanner.skip(e.path, SKIP_UNKNOWN_CLASS, folder=True)
             elif label == "":
-                scanner.skipped.append((scanner.rel(e.path) + "/", SKIP_EXCLUDED))
+                scanner.skip(e.path, SKIP_EXCLUDED, folder=True)
             else:
                 scanner.scan_class_folder(e.path, label)
     result = IndexResult(root, sorted(scanner.items), sorted(scanner.skipped), class_root)

@@ -5,6 +5,7 @@ import io
 import os
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -192,6 +193,46 @@ def test_symbolic_links_leaving_the_root_are_skipped(tree, tmp_path):
     assert reasons[data.SKIP_LINK_OUTSIDE] == ["ABE/ABE_00009.jpg"]
     assert reasons[data.SKIP_LINKED_FOLDER] == ["ABE/loop/"]
     assert result.counts()["ABE"] == 9
+
+
+def _index_within(seconds: float, root: Path):
+    """data.index(root) in a thread, so that a hang fails the test instead of stopping the suite."""
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(result=data.index(root)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return worker, out
+
+
+def test_a_fifo_named_like_an_image_is_skipped_never_opened(tree):
+    fifo = tree / "BLA" / "0001-1000" / "BLA_00099.jpg"
+    os.mkfifo(fifo)
+    worker, out = _index_within(60, tree)
+    if worker.is_alive():  # the old index blocked in open() for a writer: give it one, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("indexing blocked on a FIFO")
+    assert out["result"].skipped_by_reason()[data.SKIP_NOT_REGULAR] == ["BLA/0001-1000/BLA_00099.jpg"]
+    assert data.quick_check(fifo) == data.SKIP_NOT_REGULAR
+    assert out["result"].counts() == EXPECTED_COUNTS
+
+
+def test_odd_names_and_links_inside_the_data_set_are_named_in_a_skip_reason(tree, tmp_path):
+    folder = os.fsencode(tree / "ABE")
+    with open(os.path.join(folder, b"ABE_\xff\xfe.jpg"), "wb") as f:  # a Latin-1 name from an old archive
+        f.write(_jpeg())
+    os.mkdir(os.path.join(folder, b"r\xe9serve"))
+    os.symlink("ABE_00011.jpg", tree / "ABE" / "ABE_00011.jpg")        # points at itself
+    os.symlink("nowhere.jpg", tree / "ABE" / "ABE_00012.jpg")          # points at nothing
+    os.symlink("BLA", tree / "NGS")                                    # the same cells under a second label
+    result = data.index(tree)
+    reasons = result.skipped_by_reason()
+    assert reasons[data.SKIP_BAD_NAME] == ["ABE/ABE_\\xff\\xfe.jpg", "ABE/r\\xe9serve/"]
+    assert reasons[data.SKIP_BROKEN_LINK] == ["ABE/ABE_00011.jpg", "ABE/ABE_00012.jpg"]
+    assert reasons[data.SKIP_LINKED_CLASS] == ["NGS/"]
+    assert result.counts() == EXPECTED_COUNTS
+    out = tmp_path / "manifest.csv"
+    data.write_manifest(data.build_manifest(result), out)  # every path a manifest can hold
+    assert len(data.read_manifest(out)) == 31
 
 
 @pytest.mark.parametrize("make, message", [

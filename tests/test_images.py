@@ -2,16 +2,25 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
+import subprocess
+import sys
+import threading
+import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from bmteach.images import load_image, safe_join
+from bmteach import images
 from bmteach.errors import BadImageError, UserError
+from bmteach.images import load_image, safe_join
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def encode(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -189,6 +198,142 @@ def test_truncated_and_corrupt_images():
         load_image(png[: len(png) // 2])
     with pytest.raises(BadImageError):
         load_image(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4)
+
+
+def _noise_jpeg(mode="RGB", **kw) -> bytes:
+    rng = np.random.default_rng(0)
+    image = Image.fromarray((rng.random((96, 128, 3)) * 255).astype(np.uint8)).convert(mode)
+    return encode(image, "JPEG", quality=90, **kw)
+
+
+@pytest.mark.parametrize("mode, kw", [("RGB", {}), ("RGB", {"subsampling": "4:4:4"}), ("L", {}), ("CMYK", {})])
+def test_jpeg_cut_short_with_an_end_marker_pasted_on_is_refused(mode, kw):
+    """libjpeg decodes such a file without an error, its lower part mid-grey: it must not reach a model."""
+    jpeg = _noise_jpeg(mode, **kw)
+    for keep in (0.3, 0.6):
+        cut = jpeg[: int(len(jpeg) * keep)] + b"\xff\xd9"
+        with pytest.raises(BadImageError, match="truncated"):
+            load_image(cut)
+    assert load_image(jpeg).size == (128, 96)
+
+
+def test_complete_jpegs_that_look_like_cut_ones_are_kept():
+    # uniform mid-grey (the colour of missing blocks), progressive, and trailing padding after the end marker
+    grey = encode(Image.new("RGB", (40, 24), (128, 128, 128)), "JPEG")
+    assert pixels(load_image(grey))[5, 5].tolist() == [128, 128, 128]
+    assert pixels(load_image(encode(Image.new("L", (16, 16), 128), "JPEG", progressive=True)))[0, 0, 0] == 128
+    progressive = _noise_jpeg(progressive=True)
+    assert np.array_equal(pixels(load_image(progressive)), np.asarray(Image.open(io.BytesIO(progressive))).astype(int))
+    assert load_image(_noise_jpeg() + b"\x00" * 100).size == (128, 96)
+
+
+def _float_tiff(width: int, height: int, rows_per_strip: int = 64) -> bytes:
+    """A deflate-compressed float32 grey TIFF of zeros, written without holding its pixels (a few hundred KB
+    for tens of megapixels)."""
+    row = bytes(4 * width)
+    strips = []
+    for top in range(0, height, rows_per_strip):
+        packer = zlib.compressobj(6)
+        strips.append(b"".join(packer.compress(row) for _ in range(min(rows_per_strip, height - top)))
+                      + packer.flush())
+    body = b"".join(strips)
+    offsets = [8 + sum(len(s) for s in strips[:i]) for i in range(len(strips))]
+    arrays = struct.pack(f"<{len(strips)}I", *offsets) + struct.pack(f"<{len(strips)}I", *map(len, strips))
+    at = 8 + len(body)
+    tags = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 32), (259, 3, 1, 8), (262, 3, 1, 1),
+            (273, 4, len(strips), at), (277, 3, 1, 1), (278, 4, 1, rows_per_strip),
+            (279, 4, len(strips), at + 4 * len(strips)), (339, 3, 1, 3)]
+    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", *t) for t in tags) + bytes(4)
+    return b"II*\x00" + struct.pack("<I", at + len(arrays)) + body + arrays + ifd
+
+
+PEAK_PROBE = """
+import json, resource, sys
+from bmteach.images import load_image
+data = open(sys.argv[1], "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    out = list(load_image(data).size)
+except Exception as exc:
+    out = f"{type(exc).__name__}: {exc}"
+print(json.dumps([(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, out]))
+"""
+
+
+def _peak_mib(tmp_path, data: bytes):
+    """(growth of the peak resident memory in MiB while load_image runs, its size or error) in a fresh process."""
+    path = tmp_path / "probe.tif"
+    path.write_bytes(data)
+    proc = subprocess.run([sys.executable, "-c", PEAK_PROBE, str(path)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_decoding_memory_is_bounded_before_decoding(tmp_path):
+    # The attack file: 6,324 x 6,324 float pixels (under the 40-megapixel limit) in ~150 KB. Loading it used to
+    # take 1.07 GB and 6 s; now it is refused from its header.
+    bomb = _float_tiff(6324, 6324)
+    assert len(bomb) < 400_000
+    grew, out = _peak_mib(tmp_path, bomb)
+    assert out.startswith("BadImageError") and "memory" in out and "\n" not in out
+    assert grew < 50, f"{grew:.0f} MiB to refuse it"
+    # 4,000 x 4,000 float pixels are decoded, strip by strip: ~150 MiB (the whole-image float64 copies took 510)
+    grew, out = _peak_mib(tmp_path, _float_tiff(4000, 4000))
+    assert out == [4000, 4000]
+    assert grew < 250, f"{grew:.0f} MiB for a 16-megapixel float image"
+
+
+def test_strip_by_strip_conversions_give_the_whole_image_result(monkeypatch):
+    rng = np.random.default_rng(1)
+    floats = Image.fromarray((rng.standard_normal((37, 29)) * 1000).astype(np.float32), "F")
+    sixteen = Image.fromarray((rng.random((37, 29)) * 65535).astype(np.uint16))
+    rgba = Image.fromarray((rng.random((37, 29, 4)) * 255).astype(np.uint8), "RGBA")
+    whole = [pixels(load_image(encode(im, "TIFF" if im.mode != "RGBA" else "PNG"))) for im in (floats, sixteen, rgba)]
+    monkeypatch.setattr(images, "_STRIP_PIXELS", 50)  # a strip of one or two rows
+    strips = [pixels(load_image(encode(im, "TIFF" if im.mode != "RGBA" else "PNG"))) for im in (floats, sixteen, rgba)]
+    for a, b in zip(whole, strips):
+        assert np.array_equal(a, b)
+    a = np.asarray(floats, dtype=np.float64)  # the documented rule for a float image outside 0..1: own min..max
+    expected = np.clip(np.rint((a - a.min()) / (a.max() - a.min()) * 255), 0, 255)
+    assert np.array_equal(strips[0][..., 0], expected)
+
+
+def test_a_jpeg_over_the_limits_is_decoded_at_a_reduced_scale():
+    jpeg = encode(Image.new("RGB", (4000, 3000), (30, 90, 200)), "JPEG")
+    im = load_image(jpeg, max_pixels=1_000_000)       # 1/2 would be 3 megapixels: 1/4 it is
+    assert im.size == (1000, 750) and (np.abs(pixels(im)[10, 10] - [30, 90, 200]) <= 3).all()
+    # by memory: the whole image needs 12 megapixels x 6 bytes = 69 MiB; at 1/2, 17 MiB
+    assert load_image(jpeg, max_decode_bytes=20 * 2**20).size == (2000, 1500)
+    with pytest.raises(BadImageError, match="too large"):
+        load_image(jpeg, max_pixels=100_000)          # even 1/8 (500 x 375) is over
+    with pytest.raises(BadImageError, match="too large"):  # other formats cannot be reduced while decoding
+        load_image(encode(Image.new("RGB", (400, 300)), "PNG"), max_pixels=100_000)
+
+
+def test_large_decodes_wait_for_each_other(monkeypatch):
+    monkeypatch.setattr(images, "LARGE_DECODE_BYTES", 0)  # every decode counts as large
+    inside, most = [0], [0]
+    guard = threading.Lock()
+    original = images.to_rgb
+
+    def slow_to_rgb(im):
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.05)
+        with guard:
+            inside[0] -= 1
+        return original(im)
+
+    monkeypatch.setattr(images, "to_rgb", slow_to_rgb)
+    data = encode(Image.new("L", (8, 8), 7), "PNG")
+    threads = [threading.Thread(target=load_image, args=(data,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert most[0] == 1
 
 
 @pytest.mark.parametrize("content, message", [
