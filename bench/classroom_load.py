@@ -1,0 +1,216 @@
+"""A simulated classroom against real app servers: N students, each a Chromium page (a real websocket session)
+answering practice items for a while; then the database must hold exactly the answers sent, none twice.
+
+    .venv/bin/python bench/classroom_load.py                          # 30 students, 2 minutes, one server, SQLite
+    .venv/bin/python bench/classroom_load.py --students 10 --seconds 60
+    .venv/bin/python bench/classroom_load.py --servers 2 --postgres   # two servers sharing one PostgreSQL
+
+Everything stays on 127.0.0.1: `streamlit run app.py` on free ports, Debian's Chromium driven by Playwright
+(never downloaded), PostgreSQL (with --postgres) as the unprivileged postgres user on a Unix socket in a temp
+folder (tests/postgres_server.py). The data set is the default synthetic one and the model models/demo; the
+database is a fresh one in a temp folder. Each student joins a fresh class through the URL token, then loops:
+pick a class, 'Answer' (sent), wait for the reveal, 'Next item', wait for the next cell. Also a double click on
+'Answer' now and then (must still be stored once). Prints answers sent/stored/duplicated, client-side p50/p95
+of Answer -> reveal and Next -> next cell, and the servers' peak memory (RSS).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+CHOICES = ["MYB", "MMZ", "NGB", "NGS", "EOS", "LYT", "BLA", "EBO"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(env: dict, log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    log = open(log_path, "wb")  # noqa: SIM115 - a file, never a pipe nobody reads
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
+         "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
+         "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited early; see {log_path}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise TimeoutError("streamlit did not become healthy in 120 s")
+
+
+def rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class Stats:
+    def __init__(self):
+        self.sent = 0
+        self.double_clicks = 0
+        self.reveal: list[float] = []
+        self.next: list[float] = []
+        self.errors: list[str] = []
+
+
+async def student(browser, url: str, token: str, until: float, stats: Stats, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    context = await browser.new_context(viewport={"width": 1200, "height": 900})
+    page = await context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        await page.goto(f"{url}/Quiz?t={token}&m=practice")
+        while time.monotonic() < until:
+            box = page.get_by_role("combobox", name="Your answer")
+            await box.wait_for()
+            await box.click()
+            await page.keyboard.type(str(rng.choice(CHOICES)))
+            await page.keyboard.press("Enter")
+            answer = page.get_by_role("button", name="Answer", exact=True)
+            t0 = time.monotonic()
+            if rng.random() < 0.1:   # a double click: the second must not store a second answer
+                await answer.dblclick()
+                stats.double_clicks += 1
+            else:
+                await answer.click()
+            stats.sent += 1
+            nxt = page.get_by_role("button", name="Next item")
+            await nxt.wait_for()                      # only the reveal has this button
+            await page.get_by_text("Expert:").first.wait_for()
+            stats.reveal.append(time.monotonic() - t0)
+            t0 = time.monotonic()
+            await nxt.click()
+            await nxt.wait_for(state="detached")      # the reveal is gone (stale elements stay until the rerun)
+            await box.wait_for()
+            stats.next.append(time.monotonic() - t0)
+    except Exception as exc:  # noqa: BLE001 - a failing student is reported, the others go on
+        stats.errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    finally:
+        await context.close()
+
+
+async def classroom(urls: list[str], tokens: list[str], seconds: float, stats: Stats, pids: list[int]) -> float:
+    from playwright.async_api import async_playwright
+
+    peak = 0.0
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)  # fresh temp profile
+        until = time.monotonic() + seconds
+        tasks = []
+        for i, token in enumerate(tokens):
+            tasks.append(asyncio.create_task(student(browser, urls[i % len(urls)], token, until, stats, i)))
+            await asyncio.sleep(0.2)  # students arrive over a few seconds, not in one instant
+        while not all(t.done() for t in tasks):
+            peak = max(peak, sum(rss_mib(pid) for pid in pids))
+            await asyncio.sleep(1.0)
+        await browser.close()
+    return peak
+
+
+def pct(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    ms = np.asarray(values) * 1000
+    return f"p50 {np.percentile(ms, 50):.0f} ms, p95 {np.percentile(ms, 95):.0f} ms (n={len(ms)})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--students", type=int, default=30)
+    parser.add_argument("--seconds", type=float, default=120)
+    parser.add_argument("--servers", type=int, default=1)
+    parser.add_argument("--postgres", action="store_true", help="share one PostgreSQL server (else SQLite)")
+    args = parser.parse_args()
+    if not Path(CHROMIUM).exists():
+        sys.exit("Chromium is not installed (apt-get install chromium).")
+
+    from bmteach.store import Store
+    from bmteach.synth import ensure_default_dataset
+
+    ensure_default_dataset()  # the servers must not all generate it at once
+    tmp = Path(tempfile.mkdtemp(prefix="classroom-"))
+    pg = None
+    if args.postgres:
+        from postgres_server import PostgresServer
+        pg = PostgresServer(port=55500)
+        db_url = pg.start()
+    else:
+        db_url = f"sqlite:///{tmp / 'quiz.sqlite'}"
+    servers = []
+    try:
+        db = Store(db_url)
+        code = db.create_class("classroom load")
+        tokens = [db.join(code, f"student-{i:02d}").token for i in range(args.students)]
+        env = {**os.environ, "BMTEACH_DB_URL": db_url, "OMP_NUM_THREADS": "1"}
+        env.pop("BMTEACH_DATA", None)
+        env.pop("BMTEACH_RUN", None)
+        for k in range(args.servers):
+            servers.append(start_server(env, tmp / f"streamlit{k}.log"))
+        urls, pids = [u for _, u in servers], [p.pid for p, _ in servers]
+        print(f"{args.students} students, {args.seconds:.0f} s, {args.servers} server(s), "
+              f"{'PostgreSQL' if pg else 'SQLite'}; logs in {tmp}")
+        stats = Stats()
+        t0 = time.monotonic()
+        peak = asyncio.run(classroom(urls, tokens, args.seconds, stats, pids))
+        wall = time.monotonic() - t0
+        rows = db.class_answers(code)
+        stored, unique = len(rows), rows["attempt_id"].nunique()
+        doubled = int(rows.duplicated(["pseudonym", "item"]).sum())
+        print(f"wall {wall:.0f} s; answers sent {stats.sent} (incl. {stats.double_clicks} double clicks), "
+              f"stored {stored}, unique attempt ids {unique}, same student+item stored twice {doubled}")
+        print(f"Answer -> reveal on screen:      {pct(stats.reveal)}")
+        print(f"Next item -> next cell on screen: {pct(stats.next)}")
+        print(f"servers' peak RSS: {peak:.0f} MiB in all")
+        if stats.errors:
+            print(f"{len(stats.errors)} student(s) stopped early: {stats.errors[:3]}")
+        verdict = "OK" if stored == stats.sent == unique and doubled == 0 else "MISMATCH"
+        print(f"stored == sent, none doubled: {verdict}")
+        db.close()
+    finally:
+        for proc, _ in servers:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if pg is not None:
+            pg.stop()
+
+
+if __name__ == "__main__":
+    main()
