@@ -24,7 +24,6 @@ import pandas as pd
 from bmteach.classes import ABBRS, BY_ABBR
 from bmteach.errors import BadImageError, UserError
 from bmteach.images import END_MARKERS, IMAGE_EXTENSIONS, check_relpath, has_end_marker, load_image, sniff_format
-from bmteach.images import safe_join  # noqa: F401  (re-exported while callers move to bmteach.images)
 from bmteach.storage import atomic_write_text
 
 # --- what counts as an image -------------------------------------------------------------------------------
