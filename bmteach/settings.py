@@ -17,7 +17,7 @@ from pathlib import Path
 from bmteach.data import find_class_root
 from bmteach.errors import UserError
 from bmteach.runs import META, fold_checkpoint_dirs
-from bmteach.storage import DEMO_RUN, atomic_write_json, default_data_dir, home
+from bmteach.storage import DEMO_RUN, atomic_write_json, default_data_dir, home, resolve_path
 
 DATA_ENV = "BMTEACH_DATA"
 RUN_ENV = "BMTEACH_RUN"
@@ -54,8 +54,11 @@ def load_settings() -> Settings:
         return Settings()
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"The settings file {path} is damaged; delete it to go back to the defaults.") from None
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError, as are NaN-laden oddities
+        raise UserError(f"The settings file {path} is damaged; save the settings again (or delete the file) to "
+                        "go back to working ones.") from None
+    except OSError as exc:
+        raise UserError(f"The settings file {path} cannot be read ({exc.strerror or exc}).") from None
     if not isinstance(raw, dict):
         raise UserError(f"The settings file {path} does not hold settings; delete it to go back to the defaults.")
     return Settings(data_dir=_str_or_none(raw.get("data_dir")), run_dir=_str_or_none(raw.get("run_dir")))
@@ -66,7 +69,12 @@ def _str_or_none(value) -> str | None:
 
 
 def save_settings(settings: Settings) -> None:
-    atomic_write_json(settings_path(), asdict(settings))
+    """Replace settings.json (a damaged one too); a read-only or full disk is one sentence naming the file."""
+    path = settings_path()
+    try:
+        atomic_write_json(path, asdict(settings))
+    except OSError as exc:
+        raise UserError(f"The settings could not be saved to {path} ({exc.strerror or exc}).") from None
 
 
 # --- validation: each failure is one sentence a teacher can act on --------------------------------------
@@ -78,7 +86,7 @@ def validate_data_dir(path: str | Path) -> Path:
     text = str(path).strip()
     if not text:
         raise UserError("Give the path of a data folder, e.g. /data/BM_cytomorphology_data.")
-    return find_class_root(Path(text).expanduser(), required=True)
+    return find_class_root(resolve_path(text), required=True)
 
 
 def validate_run_dir(path: str | Path) -> Path:
@@ -86,7 +94,7 @@ def validate_run_dir(path: str | Path) -> Path:
     text = str(path).strip()
     if not text:
         raise UserError("Give the path of a run folder (made by `python -m bmteach train --out RUN`).")
-    folder = Path(text).expanduser().resolve()
+    folder = resolve_path(text)
     if not folder.is_dir():
         raise UserError(f"The run folder {folder} does not exist.")
     if not trained_folds(folder):
@@ -104,8 +112,13 @@ def known_runs() -> list[Path]:
     """Trained runs an instructor may pick without typing a path: models/* and BMTEACH_HOME/runs/*."""
     from bmteach.storage import MODELS_DIR, runs_dir
 
+    parents = [MODELS_DIR]
+    try:
+        parents.append(runs_dir())
+    except UserError:
+        pass  # no writable home: only the shipped runs can be listed
     found = []
-    for parent in (MODELS_DIR, runs_dir()):
+    for parent in parents:
         if parent.is_dir():
             found += [p for p in sorted(parent.iterdir()) if p.is_dir() and trained_folds(p)]
     return found
@@ -117,22 +130,38 @@ def active_data_dir(settings: Settings | None = None) -> Choice:
     """The data set the app shows (not validated here: the page says what is wrong with it)."""
     env = os.environ.get(DATA_ENV, "").strip()
     if env:
-        return Choice(Path(env).expanduser().resolve(), "env")
+        return Choice(_absolute(env), "env")
     settings = settings if settings is not None else load_settings()
     if settings.data_dir:
-        return Choice(Path(settings.data_dir).expanduser().resolve(), "setting")
-    return Choice(default_data_dir(), "default")
+        return Choice(_absolute(settings.data_dir), "setting")
+    return Choice(_default_data_dir(), "default")
 
 
 def active_run_dir(settings: Settings | None = None) -> Choice:
     """The run whose models the app uses (not validated here: it may not be trained yet)."""
     env = os.environ.get(RUN_ENV, "").strip()
     if env:
-        return Choice(Path(env).expanduser().resolve(), "env")
+        return Choice(_absolute(env), "env")
     settings = settings if settings is not None else load_settings()
     if settings.run_dir:
-        return Choice(Path(settings.run_dir).expanduser().resolve(), "setting")
+        return Choice(_absolute(settings.run_dir), "setting")
     return Choice(DEMO_RUN, "default")
+
+
+def _absolute(text: str) -> Path:
+    """The path resolved, or only made absolute when it cannot be (a link loop): validation then says why."""
+    try:
+        return resolve_path(text)
+    except UserError:
+        return Path(text.replace("\x00", "")).expanduser().absolute()
+
+
+def _default_data_dir() -> Path:
+    """storage.default_data_dir, or where it would be when BMTEACH_HOME cannot be created (ui says why)."""
+    try:
+        return default_data_dir()
+    except UserError:
+        return Path(os.environ.get("BMTEACH_HOME") or "BMTEACH_HOME", "data", "synthetic")
 
 
 def save_choices(data_dir: str | Path | None, run_dir: str | Path | None) -> Settings:

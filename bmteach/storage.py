@@ -6,16 +6,47 @@ import os
 import tempfile
 from pathlib import Path
 
+from bmteach.errors import UserError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "models"
 DEMO_RUN = MODELS_DIR / "demo"
 
 
-def home() -> Path:
-    """The one folder for runtime state: $BMTEACH_HOME, else .bmteach/ inside the checkout (git-ignored)."""
-    path = Path(os.environ.get("BMTEACH_HOME") or REPO_ROOT / ".bmteach").expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+def resolve_path(path: str | Path) -> Path:
+    """PATH made absolute with its symbolic links followed. A link loop (Path.resolve raises RuntimeError before
+    Python 3.13, OSError ELOOP after) or a NUL character is a UserError naming the path, never a traceback."""
+    text = str(path)
+    if "\x00" in text:
+        raise UserError(f"The path {text!r} contains a NUL character: no folder or file can have that name.")
+    path = Path(text).expanduser()
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError, ValueError) as exc:
+        why = "it is a loop of symbolic links that point at each other" if _is_loop(exc) else str(exc)
+        raise UserError(f"{path} leads nowhere: {why}.") from None
+
+
+def _is_loop(exc: Exception) -> bool:
+    import errno
+
+    return isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP
+
+
+def make_folder(path: Path) -> Path:
+    """mkdir -p PATH; a read-only disk, a full disk or a file in the way is a UserError naming the folder."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"bmteach cannot create the folder {path} ({exc.strerror or exc}): give it a writable "
+                        "place with BMTEACH_HOME.") from None
     return path
+
+
+def home() -> Path:
+    """The one folder for runtime state: $BMTEACH_HOME, else .bmteach/ inside the checkout (git-ignored). One
+    that cannot be created (read-only, a link loop, a file in the way) is a UserError naming it."""
+    return make_folder(resolve_path(os.environ.get("BMTEACH_HOME") or REPO_ROOT / ".bmteach"))
 
 
 def default_data_dir() -> Path:
@@ -24,15 +55,25 @@ def default_data_dir() -> Path:
 
 
 def runs_dir() -> Path:
-    path = home() / "runs"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return make_folder(home() / "runs")
 
 
 def cache_dir() -> Path:
-    path = home() / "cache"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return make_folder(home() / "cache")
+
+
+def _umask() -> int:
+    """The process's umask: from /proc (thread-safe), else by setting it and putting it back at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -72,16 +72,39 @@ def resolve_active() -> Active:
         saved = cfg.Settings()
     data, run = cfg.active_data_dir(saved), cfg.active_run_dir(saved)
     data_error = None
-    if data.is_default:
-        data_error = ensure_default_data()
-    else:
-        try:  # validation also steps into BM_cytomorphology_data when given its parent
+    try:
+        if data.is_default:
+            data_error = ensure_default_data()
+        else:  # validation also steps into BM_cytomorphology_data when given its parent
             data = cfg.Choice(cfg.validate_data_dir(data.path), data.source)
-        except UserError as exc:
-            data_error = str(exc)
-    run_error = _run_error(run)
+    except (UserError, OSError) as exc:  # a link loop, an unreadable or read-only folder: one sentence
+        data_error = error_sentence(exc)
+    try:
+        run_error = _run_error(run)
+    except (UserError, OSError) as exc:
+        run_error = error_sentence(exc)
     synthetic = data_error is None and _is_synthetic(data.path)
     return Active(data, run, synthetic, data_error, run_error)
+
+
+def error_sentence(exc: BaseException) -> str:
+    """The sentence for a person: a UserError already is one; an OSError names its file and the system's reason."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}" if exc.filename is not None else "A file"
+        return f"{where} cannot be read or written ({exc.strerror or type(exc).__name__})."
+    return f"Something went wrong ({type(exc).__name__})."
+
+
+def or_stop(fn, *args, **kwargs):
+    """fn(*args, **kwargs), or, when it raises a UserError or an OSError (a moved file, a full disk, a bad
+    checkpoint), that error as one sentence on the page and the page stops there: pages stay thin."""
+    try:
+        return fn(*args, **kwargs)
+    except (UserError, OSError) as exc:
+        st.error(error_sentence(exc))
+        st.stop()
 
 
 def _validation_error(check, path) -> str | None:
@@ -101,7 +124,10 @@ def _run_error(run: cfg.Choice) -> str | None:
 
 def _is_synthetic(path: Path) -> bool:
     from bmteach.synth import is_synthetic
-    return bool(is_synthetic(path))
+    try:
+        return bool(is_synthetic(path))
+    except (UserError, OSError):
+        return False
 
 
 _GENERATION_LOCK = threading.Lock()  # a whole class opening the app at once starts one generation, not thirty
