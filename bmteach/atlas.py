@@ -63,6 +63,8 @@ TREE_EDGES: tuple[tuple[str, str], ...] = (
 )
 PATHOLOGICAL_EDGES: tuple[tuple[str, str], ...] = (("PMO", "FGC"), ("EOS", "ABE"), ("LYT", "HAC"))
 NODE_TRACE = "classes"  # name of the clickable trace
+# One label per column of the tree: (x, a class whose lineage names the column).
+TREE_COLUMN_LABELS = ((1.5, "PMO"), (4.7, "MON"), (5.8, "PEB"), (7.0, "LYT"), (9.0, "KSC"))
 
 
 def tree_nodes() -> pd.DataFrame:
@@ -109,8 +111,11 @@ def lineage_figure(selected: str | None = None, height: int = 460):
         hoverinfo="text", showlegend=False,
         marker=dict(size=sizes, color=nodes["colour"], line=dict(color="#333", width=1)),
     ))
-    for x, label in ((1.5, "granulopoiesis"), (4.7, "mono"), (5.7, "erythro"), (7.0, "lympho"), (9.0, "others")):
-        fig.add_annotation(x=x, y=-0.6, text=label, showarrow=False, font=dict(size=11, color="#666"))
+    # a click selects a point, and plotly fades every other one to 10% by default: keep them all opaque
+    fig.update_traces(selector=dict(mode="markers+text"), selected=dict(marker=dict(opacity=1.0)),
+                      unselected=dict(marker=dict(opacity=1.0)))
+    for x, abbr in TREE_COLUMN_LABELS:  # the lineage words of classes.csv, so tree and card agree
+        fig.add_annotation(x=x, y=-0.6, text=BY_ABBR[abbr].lineage, showarrow=False, font=dict(size=11, color="#666"))
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), clickmode="event+select",
                       plot_bgcolor="rgba(0,0,0,0)")
     # fixed axes: a drag never zooms the tree away; a click on a marker selects its class
@@ -219,3 +224,72 @@ def precision_recall_rows(row: Mapping) -> pd.DataFrame:
          "paper precision": row[f"paper {mode} precision"], "paper recall": row[f"paper {mode} recall"]}
         for mode in ("strict", "tolerant")
     ])
+
+
+# --- what each column was measured on ---------------------------------------------------------------------
+
+PAPER_MEASURED_ON = ("**Paper** columns: Matek et al. 2021, Table 1: a ResNeXt-50, 5-fold cross-validation on "
+                     f"{sum(c.count for c in BY_ABBR.values()):,} real cells from 945 patients (mean of the folds).")
+
+
+def is_builtin_synthetic(data_root) -> bool:
+    """A run's data_root that names the built-in synthetic set: "default", or any path ending in data/synthetic
+    (a run trained on another machine records that machine's absolute path)."""
+    text = str(data_root or "").strip()
+    if not text:
+        return False
+    return text == "default" or Path(text).parts[-2:] == ("data", "synthetic")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What a run's scores were measured on."""
+    data_root: str | None     # the run's config data_root (None: the run does not say)
+    n_images: int | None      # images in its manifest
+    synthetic: bool | None    # None: unknown (the folder is not on this machine)
+    builtin: bool             # the built-in synthetic set
+    num_folds: int | None
+    same_as_active: bool | None  # None: unknown (the run does not say where its data came from)
+
+
+def run_evaluation(config: Mapping | None, manifest_counts: Mapping[str, int] | None, active_dir,
+                   active_is_default: bool) -> Evaluation:
+    """Compare the run's data_root with the active data set: a run's scores belong to the data it was
+    evaluated on. A data_root on this machine is checked for synth.json (synthetic or real)."""
+    from bmteach.synth import is_synthetic
+
+    config = config or {}
+    root = config.get("data_root")
+    n = sum(manifest_counts.values()) if manifest_counts else None
+    folds = config.get("num_folds")
+    if not root:
+        return Evaluation(None, n, None, False, folds, None)
+    builtin = is_builtin_synthetic(root)
+    if builtin:
+        same = bool(active_is_default or is_builtin_synthetic(active_dir))
+        return Evaluation(str(root), n, True, True, folds, same)
+    path = Path(root)
+    synthetic = is_synthetic(path) if path.is_dir() else None
+    try:
+        same = path.resolve() == Path(active_dir).resolve()
+    except OSError:
+        same = False
+    return Evaluation(str(root), n, synthetic, False, folds, same)
+
+
+def model_measured_on(ev: Evaluation) -> str:
+    """One sentence on what the model columns were measured on."""
+    folds = f"{ev.num_folds}-fold cross-validation" if ev.num_folds else "cross-validation"
+    count = f"{ev.n_images:,} " if ev.n_images else ""
+    if ev.builtin:
+        what = f"{count}synthetic cells of the built-in set, the same number per class"
+    elif ev.synthetic:
+        what = f"{count}synthetic cells in {ev.data_root}"
+    elif ev.synthetic is False:
+        what = f"{count}real cells in {ev.data_root}"
+    else:
+        what = f"{count}cells" + (f" in {ev.data_root}" if ev.data_root else "")
+    sentence = f"**Model** columns: the active model, {folds} on its own data: {what}."
+    if ev.synthetic:
+        sentence += " Synthetic cells are easier than real ones: these numbers do not compare with the paper's."
+    return sentence

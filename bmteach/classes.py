@@ -18,7 +18,7 @@ TOLERANCE_CSV = ASSETS / "tolerance.csv"
 class CellClass:
     abbr: str
     name: str
-    lineage: str          # myelopoiesis, granulopoiesis, monopoiesis, erythropoiesis, lymphopoiesis, others
+    lineage: str          # granulopoiesis (blasts too, as in the tree), monopoiesis, erythropoiesis, lymphopoiesis, others
     chain: str            # maturation chain ("granulocytic", "erythroid", "lymphoid") or "" when none
     stage: int | None     # position along the chain, 0 = most immature
     count: int            # images in the full data set (171,374 in all)

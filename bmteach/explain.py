@@ -247,3 +247,66 @@ def deletion_curve(model: nn.Module, x: torch.Tensor, target: int, saliency_map:
             scores.append(torch.softmax(model(images).float(), dim=1)[:, int(target)].cpu().numpy())
     scores = np.concatenate(scores).astype(np.float64)
     return DeletionCurve(fractions, scores, float(np.trapezoid(scores, fractions)))
+
+
+@dataclass
+class DeletionComparison:
+    """The map's deletion curve beside a seeded random-order deletion of the same image: the raw area depends
+    on how probable the class was to begin with, the ratio to a random order does not."""
+    curve: DeletionCurve     # pixels removed in the map's order, most salient first
+    random: DeletionCurve    # pixels removed in a random order (seeded)
+
+    @property
+    def start(self) -> float:
+        """The target's probability before anything is removed."""
+        return float(self.curve.scores[0])
+
+    @property
+    def ratio(self) -> float:
+        """Area of the map's curve / area of the random curve: 0 = the map finds everything the model uses at
+        once, about 1 = no better than chance, above 1 = worse. NaN when the random curve has no area."""
+        return self.curve.auc / self.random.auc if self.random.auc > 0 else float("nan")
+
+
+LOW_START = 0.2  # below this starting probability there is too little to delete for the curve to mean much
+
+
+def deletion_vs_random(model: nn.Module, x: torch.Tensor, target: int, saliency_map: np.ndarray, steps: int = 20,
+                       baseline: str = "blur", seed: int = 0) -> DeletionComparison:
+    """deletion_curve of the map and of a per-pixel random order (seeded), same image, steps and baseline."""
+    random_map = np.random.default_rng(seed).random(tuple(x.shape[-2:]))
+    return DeletionComparison(
+        deletion_curve(model, x, target, saliency_map, steps=steps, baseline=baseline, seed=seed),
+        deletion_curve(model, x, target, random_map, steps=steps, baseline=baseline, seed=seed))
+
+
+def deletion_verdict(result: DeletionComparison, name: str) -> str:
+    """What the comparison means, in one or two sentences for a student."""
+    areas = f"(area {result.curve.auc:.2f} against {result.random.auc:.2f} for a random order)"
+    if result.start < LOW_START or np.isnan(result.ratio):
+        return (f"The model gives {name} only {result.start:.0%} to begin with: there is little probability to "
+                f"take away, so this check says little about the map {areas}.")
+    if result.ratio < 0.8:
+        return (f"Removing the pixels this map ranks highest lowers P({name}) faster than removing pixels in a "
+                f"random order {areas}: the map points at pixels the model uses.")
+    if result.ratio <= 1.2:
+        return (f"Removing the pixels this map ranks highest lowers P({name}) no faster than a random order "
+                f"{areas}: the map does not single out what the model uses.")
+    return (f"Removing the pixels this map ranks highest lowers P({name}) more slowly than a random order "
+            f"{areas}: the map points away from what the model uses.")
+
+
+SANITY_PASS, SANITY_FAIL = 0.3, 0.7  # rank correlation thresholds of the sanity check's verdict
+
+
+def sanity_verdict(correlation: float) -> str:
+    """The sanity check's result in words (Adebayo et al. 2018: a map that survives weight randomisation shows
+    the image, not the model)."""
+    if correlation < SANITY_PASS:
+        return (f"The map depends on what the model learnt: a model with random weights draws a different one "
+                f"(rank correlation {correlation:.2f}).")
+    if correlation < SANITY_FAIL:
+        return (f"The map depends only in part on what the model learnt: a model with random weights draws a "
+                f"somewhat similar one (rank correlation {correlation:.2f}).")
+    return (f"The map mostly shows the image itself: a model with random weights draws nearly the same one "
+            f"(rank correlation {correlation:.2f}), so do not read it as the model's reasoning.")

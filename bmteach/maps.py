@@ -51,3 +51,11 @@ def overlay(image_rgb_uint8, saliency_map: np.ndarray, alpha: float = 0.5, cmap:
     alpha = float(np.clip(alpha, 0.0, 1.0))
     blended = (1.0 - alpha) * image + alpha * colours
     return np.clip(np.round(blended * 255.0), 0, 255).astype(np.uint8)
+
+
+def colour_bar(width: int = 240, height: int = 14, cmap: str = "jet") -> np.ndarray:
+    """The colour map of `overlay` as a horizontal strip, low values on the left: uint8 (height, width, 3)."""
+    import matplotlib
+
+    ramp = np.tile(np.linspace(0.0, 1.0, width), (height, 1))
+    return np.round(matplotlib.colormaps[cmap](ramp)[..., :3] * 255.0).astype(np.uint8)

@@ -305,6 +305,12 @@ def _run_json(run_dir: str, stamp: tuple, name: str) -> dict | None:
         return None
 
 
+def run_config(active: Active) -> dict | None:
+    """run/config.json (what the run was trained and evaluated on), or None when it has none."""
+    from bmteach.runs import CONFIG
+    return _run_json(active.run_dir, _mtimes([Path(active.run_dir) / CONFIG]), CONFIG)
+
+
 def run_metrics(active: Active) -> dict | None:
     """run/metrics.json (the `metrics --json` format) or None when the run has not been evaluated."""
     from bmteach.runs import METRICS
@@ -347,6 +353,20 @@ def decode_image(image_bytes: bytes, name: str = "The image") -> Image.Image:
     if max(image.size) > MAX_SIDE:
         image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
     return image
+
+
+@st.cache_data(max_entries=2048, show_spinner=False)
+def thumbnail(data_dir: str, relpath: str, side: int = 96) -> bytes | None:
+    """A small JPEG of one data-set image for pickers (a few kB: a grid of them costs the browser little, and
+    passing bytes spares Streamlit a PNG encoding per image per rerun); None when it cannot be read."""
+    try:
+        image = decode_image(read_data_bytes(data_dir, relpath), Path(relpath).name).copy()
+    except (UserError, OSError):
+        return None
+    image.thumbnail((side, side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
 
 
 def image_key(image_bytes: bytes) -> str:
@@ -447,13 +467,14 @@ def _sanity_check(run_dir: str, stamp: tuple, image_bytes: bytes, fold: int, tar
 
 @st.cache_data(max_entries=64, show_spinner="Deleting the most salient pixels step by step...")
 def _deletion_curve(run_dir: str, stamp: tuple, image_bytes: bytes, fold: int, target: int):
-    """Deletion curve of the Grad-CAM map (DeletionCurve: fractions, scores, auc; lower auc = more faithful)."""
+    """Deletion curve of the Grad-CAM map beside a random-order one of the same image
+    (explain.DeletionComparison: .curve, .random, .ratio; a ratio below 1 = the map beats chance)."""
     from bmteach import explain
     saliency = _gradcam_map(run_dir, stamp, image_bytes, fold, target)
     model = _predictor(run_dir, stamp)
     x = model.preprocess([decode_image(image_bytes)])
     with torch_lock():
-        return explain.deletion_curve(model.model(fold), x, target, saliency)
+        return explain.deletion_vs_random(model.model(fold), x, target, saliency)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -605,6 +626,12 @@ def image_picker(active: Active, abbr: str, key: str, per_page: int = 50) -> str
     current = page_of(paths, page, per_page)
     return cols[1].selectbox(f"Image ({len(paths):,} in this class)", current.items,
                              format_func=lambda p: Path(p).name, key=f"{key}_{abbr}_image")
+
+
+def table_height(n_rows: int) -> int:
+    """Pixel height of an st.dataframe that shows n_rows without a scroll bar (header + rows + border), so a
+    table of the 21 classes is seen whole."""
+    return 38 + 35 * int(n_rows)
 
 
 def image_caption(name: str, synthetic: bool, extra: str = "") -> str:

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from bmteach import atlas
-from bmteach.classes import ABBRS
+from bmteach.classes import ABBRS, BY_ABBR
 
 
 def test_teaching_text_covers_every_class_and_names_real_neighbours():
@@ -111,3 +111,52 @@ def test_precision_recall_rows_for_one_class():
     assert rows.loc["strict", "model precision"] == 0.4 and rows.loc["tolerant", "model recall"] == 0.8
     assert rows.loc["strict", "paper precision"] == 0.54 and rows.loc["tolerant", "paper recall"] == 0.91
     assert rows.loc["strict", "model precision sd"] == 0.1 and math.isnan(rows.loc["tolerant", "model recall sd"])
+
+
+def test_a_click_on_the_tree_fades_no_marker():
+    """Issue 13.5: plotly's default selection style fades unselected points to 10%."""
+    fig = atlas.lineage_figure("MON")
+    marked = [t for t in fig.data if "markers" in (t.mode or "")]
+    assert len(marked) == 2  # the stem cell and the classes
+    for trace in marked:
+        assert trace.selected.marker.opacity == 1.0 and trace.unselected.marker.opacity == 1.0
+
+
+def test_tree_and_cards_use_one_lineage_wording():
+    """The tree's column labels are the lineage words of the classes in that column (no 'myelopoiesis' on a
+    card under a 'granulopoiesis' column)."""
+    fig = atlas.lineage_figure()
+    labels = {a.text for a in fig.layout.annotations}
+    assert labels == {c.lineage for c in BY_ABBR.values()}
+    for x, abbr in atlas.TREE_COLUMN_LABELS:
+        column = [a for a, (ax, _) in atlas.TREE_POSITIONS.items() if a in BY_ABBR and abs(ax - x) <= 0.6]
+        assert {BY_ABBR[a].lineage for a in column} == {BY_ABBR[abbr].lineage}, (x, column)
+
+
+@pytest.mark.parametrize("root, builtin", [
+    ("/elsewhere/main/.bmteach/data/synthetic", True), ("default", True), ("data/synthetic", True),
+    ("/data/BM_cytomorphology_data", False), ("", False), (None, False),
+])
+def test_builtin_synthetic_data_root(root, builtin):
+    assert atlas.is_builtin_synthetic(root) is builtin
+
+
+def test_run_evaluation_says_what_and_whether_it_is_the_active_data(tmp_path):
+    counts = {a: 100 for a in ABBRS}
+    demo = {"data_root": "/other/machine/.bmteach/data/synthetic", "num_folds": 5}
+    ev = atlas.run_evaluation(demo, counts, tmp_path / "home" / "data" / "synthetic", active_is_default=True)
+    assert ev.builtin and ev.synthetic and ev.same_as_active and ev.n_images == 2100
+    text = atlas.model_measured_on(ev)
+    assert "5-fold cross-validation" in text and "2,100 synthetic cells of the built-in set" in text
+    assert "do not compare with the paper" in text
+    # the same run while a real data set is active: not its data
+    real = tmp_path / "real"
+    real.mkdir()
+    assert atlas.run_evaluation(demo, counts, real, active_is_default=False).same_as_active is False
+    # a run trained on that real folder: same data, real cells, no synthetic caveat
+    ev = atlas.run_evaluation({"data_root": str(real), "num_folds": 5}, counts, real, active_is_default=False)
+    assert ev.same_as_active and ev.synthetic is False and not ev.builtin
+    assert f"2,100 real cells in {real}" in atlas.model_measured_on(ev)
+    # a run that does not say: unknown
+    assert atlas.run_evaluation(None, counts, real, False).same_as_active is None
+    assert "171,374 real cells" in atlas.PAPER_MEASURED_ON and "5-fold" in atlas.PAPER_MEASURED_ON

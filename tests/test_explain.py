@@ -285,3 +285,32 @@ def test_gradcam_is_safe_beside_concurrent_inference(seq):
     assert len(maps) == 20
     for m in maps:
         np.testing.assert_allclose(m, expected_map, atol=1e-5)
+
+
+def test_deletion_against_a_random_order_separates_a_true_map_from_noise():
+    """Issue 13.2b: the raw area depends on the starting probability; the ratio to a random order does not."""
+    model, x = toy_model(), toy_image()
+    good = explain.deletion_vs_random(model, x, 1, explain.gradcam(model, x, 1), baseline="zero")
+    noise = explain.deletion_vs_random(model, x, 1, np.random.default_rng(5).random((SIZE, SIZE)), baseline="zero")
+    assert good.start == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item(), abs=1e-5)
+    assert good.ratio < 0.8 and 0.8 <= noise.ratio <= 1.2
+    assert "faster than removing pixels in a random order" in explain.deletion_verdict(good, "Blast")
+    assert "no faster than a random order" in explain.deletion_verdict(noise, "Blast")
+    # the same map for a class that starts improbable (class 0: p ~ 0.05) is not praised for a small area
+    low = explain.deletion_vs_random(model, x, 0, explain.gradcam(model, x, 1), baseline="zero")
+    assert low.curve.auc < 0.5 and low.start < explain.LOW_START
+    assert "says little about the map" in explain.deletion_verdict(low, "Monocyte")
+
+
+def test_sanity_verdict_in_words():
+    assert explain.sanity_verdict(0.1).startswith("The map depends on what the model learnt")
+    assert "only in part" in explain.sanity_verdict(0.5)
+    assert explain.sanity_verdict(0.9).startswith("The map mostly shows the image itself")
+
+
+def test_colour_bar_runs_from_low_to_high_in_the_overlay_colours():
+    bar = maps.colour_bar(100, 5)
+    assert bar.shape == (5, 100, 3) and bar.dtype == np.uint8
+    black = np.zeros((1, 2, 3), np.uint8)
+    low, high = maps.overlay(black, np.zeros((1, 2)), 1.0), maps.overlay(black, np.ones((1, 2)), 1.0)
+    assert np.array_equal(bar[0, 0], low[0, 0]) and np.array_equal(bar[0, -1], high[0, 0])
