@@ -53,3 +53,12 @@ def postgres_url():
         pytest.skip(f"PostgreSQL cannot start here: {exc}")
     yield url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def default_data() -> Path:
+    """The built-in synthetic data set, generated once per test session into the session's BMTEACH_HOME (about a
+    minute on 2 cores); tests that need the real defaults share it."""
+    from bmteach.synth import ensure_default_dataset
+
+    return Path(ensure_default_dataset())

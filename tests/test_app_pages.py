@@ -393,29 +393,13 @@ def test_a_data_folder_without_images_is_one_sentence_on_every_page(env, page, t
 
 # --- the shipped defaults -----------------------------------------------------------------------------------
 
-def _reuse_checkout_default_data() -> None:
-    """Link the checkout's built-in data set (.bmteach/, made by the demo's training) into the test home when it
-    is current, to skip a minute of generation; otherwise the page generates it as on a first start."""
-    from bmteach import ui
-    from bmteach.storage import default_data_dir
-
-    ours, theirs = default_data_dir(), REPO_ROOT / ".bmteach" / "data" / "synthetic"
-    if ours.exists() or not theirs.is_dir():
-        return
-    ours.parent.mkdir(parents=True, exist_ok=True)
-    ours.symlink_to(theirs, target_is_directory=True)
-    if not ui.default_data_is_current():
-        ours.unlink()
-
-
 @pytest.mark.slow
-def test_pages_on_the_real_defaults(monkeypatch):
-    """Built-in synthetic data (generated on first use) and models/demo; skipped until the demo run exists."""
-    if not settings.trained_folds(DEMO_RUN):
-        pytest.skip("models/demo is not trained yet")
+def test_pages_on_the_real_defaults(default_data, monkeypatch):
+    """Built-in synthetic data (generated on first use into the session's BMTEACH_HOME, never the checkout's
+    own .bmteach/) and the shipped models/demo."""
+    assert settings.trained_folds(DEMO_RUN) == [0, 1, 2, 3, 4]
     for name in (settings.DATA_ENV, settings.RUN_ENV):
         monkeypatch.delenv(name, raising=False)
-    _reuse_checkout_default_data()
     for page in (HOME, ATLAS, EXPLAIN):
         at = run_page(page)
         assert not at.error, [e.value for e in at.error]
