@@ -1,9 +1,14 @@
-"""A simulated classroom against real app servers: N students, each a Chromium page (a real websocket session)
-answering practice items for a while; then the database must hold exactly the answers sent, none twice.
+"""A simulated classroom against real app servers: N students, each its own websocket session, answering
+practice items for a while; then the database must hold exactly the answers sent, none twice.
 
     .venv/bin/python bench/classroom_load.py                          # 30 students, 2 minutes, one server, SQLite
     .venv/bin/python bench/classroom_load.py --students 10 --seconds 60
     .venv/bin/python bench/classroom_load.py --servers 2 --postgres   # two servers sharing one PostgreSQL
+    .venv/bin/python bench/classroom_load.py --browser --students 5   # Chromium pages instead of the client
+
+A student is, by default, a websocket client speaking Streamlit's protocol (BackMsg rerun requests with widget
+states, ForwardMsg deltas back, the cell images fetched over HTTP as a browser would): light enough that 30 of
+them on a 2-core machine measure the server, not 30 browsers. With --browser each student is a Chromium page.
 
 Everything stays on 127.0.0.1: `streamlit run app.py` on free ports, Debian's Chromium driven by Playwright
 (never downloaded), PostgreSQL (with --postgres) as the unprivileged postgres user on a Unix socket in a temp
@@ -124,6 +129,111 @@ async def student(browser, url: str, token: str, until: float, stats: Stats, see
         await context.close()
 
 
+class Session:
+    """One Streamlit websocket session on the Quiz page: rerun with widget states, read the page back."""
+
+    def __init__(self, ws, base_url: str, query: str):
+        self.ws, self.base_url, self.query = ws, base_url, query
+        self.widgets: dict = {}
+        self.images: list[str] = []
+        self.text = ""
+
+    async def rerun(self, states=None) -> None:
+        """Send one rerun request; collect widgets (by label), image URLs and markdown until the run ends
+        (a run that ends early for an st.rerun() is followed by the next one)."""
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        msg = BackMsg()
+        msg.rerun_script.query_string = self.query
+        msg.rerun_script.page_name = "Quiz"
+        if states is not None:
+            msg.rerun_script.widget_states.CopyFrom(states)
+        await self.ws.send(msg.SerializeToString())
+        self.widgets, self.images, texts = {}, [], []
+        while True:
+            fm = ForwardMsg.FromString(await self.ws.recv())
+            kind = fm.WhichOneof("type")
+            if kind == "delta" and fm.delta.WhichOneof("type") == "new_element":
+                el = fm.delta.new_element
+                ty = el.WhichOneof("type")
+                if ty in ("selectbox", "button", "radio"):
+                    self.widgets[getattr(el, ty).label] = getattr(el, ty)
+                elif ty == "imgs":
+                    self.images += [i.url for i in el.imgs.imgs]
+                elif ty in ("markdown", "alert"):
+                    texts.append(getattr(el, ty).body)
+            elif kind == "script_finished":
+                if fm.script_finished != ForwardMsg.FINISHED_EARLY_FOR_RERUN:
+                    break
+                self.widgets, self.images, texts = {}, [], []
+        self.text = "\n".join(texts)
+        await asyncio.gather(*(asyncio.to_thread(self._fetch, u) for u in self.images))
+
+    def _fetch(self, path: str) -> None:
+        with urllib.request.urlopen(self.base_url + path, timeout=60) as r:
+            r.read()
+
+    def press(self, label: str, extra: dict | None = None):
+        """Widget states for a click on a button (and values for other widgets, by label)."""
+        from streamlit.proto.WidgetStates_pb2 import WidgetStates
+
+        states = WidgetStates()
+        for name, value in (extra or {}).items():
+            w = states.widgets.add()
+            w.id = self.widgets[name].id
+            w.string_value = value
+        b = states.widgets.add()
+        b.id = self.widgets[label].id
+        b.trigger_value = True
+        return states
+
+
+async def ws_student(url: str, token: str, until: float, stats: Stats, seed: int) -> None:
+    import websockets
+
+    from bmteach.quiz import picker_label
+
+    rng = np.random.default_rng(seed)
+    try:
+        async with websockets.connect(url.replace("http://", "ws://") + "/_stcore/stream",
+                                      subprotocols=["streamlit"], max_size=None, open_timeout=60) as ws:
+            page = Session(ws, url, f"t={token}&m=practice")
+            await page.rerun()
+            while time.monotonic() < until:
+                if "Answer" not in page.widgets:
+                    raise RuntimeError(f"no item on the page: {page.text[:200]!r}")
+                choice = {"Your answer": picker_label(str(rng.choice(CHOICES)))}
+                t0 = time.monotonic()
+                states = page.press("Answer", choice)
+                stats.sent += 1
+                if rng.random() < 0.1:   # a double click: the same submission twice
+                    stats.double_clicks += 1
+                    await page.rerun(states)
+                await page.rerun(states)
+                if "Next item" not in page.widgets or "Expert:" not in page.text:
+                    raise RuntimeError(f"no reveal after an answer: {page.text[:200]!r}")
+                stats.reveal.append(time.monotonic() - t0)
+                t0 = time.monotonic()
+                await page.rerun(page.press("Next item"))
+                stats.next.append(time.monotonic() - t0)
+    except Exception as exc:  # noqa: BLE001 - a failing student is reported, the others go on
+        stats.errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+
+
+async def ws_classroom(urls: list[str], tokens: list[str], seconds: float, stats: Stats, pids: list[int]) -> float:
+    until = time.monotonic() + seconds
+    tasks = []
+    for i, token in enumerate(tokens):
+        tasks.append(asyncio.create_task(ws_student(urls[i % len(urls)], token, until, stats, i)))
+        await asyncio.sleep(0.1)  # students arrive over a few seconds, not in one instant
+    peak = 0.0
+    while not all(t.done() for t in tasks):
+        peak = max(peak, sum(rss_mib(pid) for pid in pids))
+        await asyncio.sleep(0.5)
+    return peak
+
+
 async def classroom(urls: list[str], tokens: list[str], seconds: float, stats: Stats, pids: list[int]) -> float:
     from playwright.async_api import async_playwright
 
@@ -155,8 +265,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--servers", type=int, default=1)
     parser.add_argument("--postgres", action="store_true", help="share one PostgreSQL server (else SQLite)")
+    parser.add_argument("--browser", action="store_true", help="Chromium pages instead of websocket clients")
     args = parser.parse_args()
-    if not Path(CHROMIUM).exists():
+    if args.browser and not Path(CHROMIUM).exists():
         sys.exit("Chromium is not installed (apt-get install chromium).")
 
     from bmteach.store import Store
@@ -182,19 +293,22 @@ def main() -> None:
         for k in range(args.servers):
             servers.append(start_server(env, tmp / f"streamlit{k}.log"))
         urls, pids = [u for _, u in servers], [p.pid for p, _ in servers]
-        print(f"{args.students} students, {args.seconds:.0f} s, {args.servers} server(s), "
+        kind = "Chromium pages" if args.browser else "websocket clients"
+        print(f"{args.students} students ({kind}), {args.seconds:.0f} s, {args.servers} server(s), "
               f"{'PostgreSQL' if pg else 'SQLite'}; logs in {tmp}")
         stats = Stats()
         t0 = time.monotonic()
-        peak = asyncio.run(classroom(urls, tokens, args.seconds, stats, pids))
+        play = classroom if args.browser else ws_classroom
+        peak = asyncio.run(play(urls, tokens, args.seconds, stats, pids))
         wall = time.monotonic() - t0
         rows = db.class_answers(code)
         stored, unique = len(rows), rows["attempt_id"].nunique()
         doubled = int(rows.duplicated(["pseudonym", "item"]).sum())
         print(f"wall {wall:.0f} s; answers sent {stats.sent} (incl. {stats.double_clicks} double clicks), "
               f"stored {stored}, unique attempt ids {unique}, same student+item stored twice {doubled}")
-        print(f"Answer -> reveal on screen:      {pct(stats.reveal)}")
-        print(f"Next item -> next cell on screen: {pct(stats.next)}")
+        where = "on screen" if args.browser else "page and images received"
+        print(f"Answer -> reveal, {where}:      {pct(stats.reveal)}")
+        print(f"Next item -> next cell, {where}: {pct(stats.next)}")
         print(f"servers' peak RSS: {peak:.0f} MiB in all")
         if stats.errors:
             print(f"{len(stats.errors)} student(s) stopped early: {stats.errors[:3]}")

@@ -175,11 +175,14 @@ def play(slot: str, pick, mode: str, done_text: str) -> None:
     revealed = st.session_state.get(f"{slot}_revealed")
     show_item(cur)
     if revealed is None or revealed["attempt"] != cur["attempt"]:
-        chosen = answer_form(slot, cur)
+        form_area = st.empty()
+        with form_area.container():
+            chosen = answer_form(slot, cur)
         if chosen is None:
             return
         revealed = {"attempt": cur["attempt"], **commit(cur, chosen, mode)}
         st.session_state[f"{slot}_revealed"] = revealed
+        form_area.empty()  # answered: the picker gives way to the reveal
     reveal(revealed)
     if mode == "beat":
         model_right = revealed["item"]["model"] == revealed["item"]["expert"]
