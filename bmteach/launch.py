@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -87,3 +89,85 @@ def generate_default_data(progress: Callable[[int, int], None]) -> str | None:
         last = other[-1] if other else f"exit status {child.returncode}"
         return f"The built-in synthetic data set could not be generated ({last})."
     return None
+
+
+
+# --- the app's one shared generation of the default data set ---------------------------------------------------
+
+class SharedGeneration:
+    """One generation of the default data set per server process, shared by every session: a background thread
+    runs it and records its progress here; each session polls the same object and shows the same bar, with the
+    measured rate and the time left (no fixed promise: a loaded laptop may take minutes)."""
+
+    def __init__(self, generate: Callable[[Callable[[int, int], None]], str | None]):
+        self.done, self.total = 0, 0
+        self.started = time.monotonic()
+        self.first_report: tuple[float, int] | None = None  # (time, done) of the first progress line
+        self.error: str | None = None
+        self._finished = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(generate,), daemon=True,
+                                        name="bmteach-default-data")
+        self._thread.start()
+
+    def _run(self, generate) -> None:
+        try:
+            self.error = generate(self._report)
+        except Exception as exc:  # a thread's exception reaches no page: keep it as the sentence they show
+            self.error = f"The built-in synthetic data set could not be generated ({exc})."
+        finally:
+            self._finished.set()
+
+    def _report(self, done: int, total: int) -> None:
+        if self.first_report is None:
+            self.first_report = (time.monotonic(), done)
+        self.done, self.total = int(done), int(total)
+
+    @property
+    def finished(self) -> bool:
+        return self._finished.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to timeout seconds; True once the generation has finished (well or not)."""
+        return self._finished.wait(timeout)
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total else 0.0
+
+    def rate(self) -> float | None:
+        """Images per second since the first progress line (the child's start-up is not counted), or None."""
+        if self.first_report is None:
+            return None
+        t0, d0 = self.first_report
+        elapsed = time.monotonic() - t0
+        return (self.done - d0) / elapsed if elapsed > 0.5 and self.done > d0 else None
+
+    def sentence(self) -> str:
+        """What the bar says: images drawn of how many, the measured rate and the time left."""
+        if self.total == 0:
+            return f"Starting the generator ({time.monotonic() - self.started:.0f} s)..."
+        rate = self.rate()
+        text = f"Drawing synthetic cells: {self.done:,} of {self.total:,}"
+        if rate:
+            left = (self.total - self.done) / rate
+            text += f" ({rate:.0f} per second, about {_duration(left)} left)"
+        return text + "."
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+_GENERATIONS: dict[str, SharedGeneration] = {}
+_GENERATIONS_LOCK = threading.Lock()
+
+
+def shared_generation(key: str, generate: Callable[[Callable[[int, int], None]], str | None]
+                      ) -> SharedGeneration:
+    """The running generation for key (the default data folder), or a new one when none runs: a whole class
+    opening the app at once starts one generation, and every session watches that one."""
+    with _GENERATIONS_LOCK:
+        job = _GENERATIONS.get(key)
+        if job is None or job.finished:
+            job = _GENERATIONS[key] = SharedGeneration(generate)
+        return job

@@ -58,12 +58,12 @@ def setup_page(title: str, icon: str | None = None) -> Active:
     listed = next((p.icon for p in PAGES if p.title == title), None)
     st.set_page_config(page_title=f"{title} · {APP_NAME}", page_icon=listed or icon or ":material/biotech:",
                        layout="wide")
-    active = resolve_active()
+    active = resolve_active(title)
     render_sidebar(active)
     return active
 
 
-def resolve_active() -> Active:
+def resolve_active(title: str | None = None) -> Active:
     """Read the settings (a damaged file falls back to the defaults, with a warning) and check both paths."""
     try:
         saved = cfg.load_settings()
@@ -74,7 +74,7 @@ def resolve_active() -> Active:
     data_error = None
     try:
         if data.is_default:
-            data_error = ensure_default_data()
+            data_error = ensure_default_data(title)
         else:  # validation also steps into BM_cytomorphology_data when given its parent
             data = cfg.Choice(cfg.validate_data_dir(data.path), data.source)
     except (UserError, OSError) as exc:  # a link loop, an unreadable or read-only folder: one sentence
@@ -130,21 +130,29 @@ def _is_synthetic(path: Path) -> bool:
         return False
 
 
-_GENERATION_LOCK = threading.Lock()  # a whole class opening the app at once starts one generation, not thirty
+def ensure_default_data(title: str | None = None) -> str | None:
+    """Generate the embedded synthetic data set on first use; an error sentence or None.
 
-
-def ensure_default_data() -> str | None:
-    """Generate the embedded synthetic data set on first use, with a progress bar; an error sentence or None."""
+    One generation per server process runs in a background thread (launch.shared_generation); every session
+    that opens meanwhile shows the page title, a sentence and that generation's bar, polled twice a second,
+    from its first second, instead of a blank page waiting on a lock."""
     if default_data_is_current():
         return None
-    with _GENERATION_LOCK:
-        if default_data_is_current():  # another session generated it while this one waited
-            return None
-        report = _LazyProgress("First start: drawing the built-in synthetic cells (once, about a minute)...")
-        try:
-            return run_default_generation(report)
-        finally:
-            report.close()
+    from bmteach.launch import shared_generation
+    from bmteach.storage import default_data_dir
+
+    job = shared_generation(str(default_data_dir()), run_default_generation)
+    box = st.empty()
+    with box.container():
+        if title:
+            st.title(title)
+        st.markdown("**First start**: bmteach draws its built-in synthetic cells once, for everyone who opens it "
+                    "now; this page opens by itself when they are ready.")
+        bar = st.progress(job.fraction, text=job.sentence())
+    while not job.wait(0.5):
+        bar.progress(job.fraction, text=job.sentence())
+    box.empty()
+    return job.error
 
 
 def default_data_is_current() -> bool:

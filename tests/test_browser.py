@@ -142,3 +142,57 @@ def test_explain_shows_predictions_and_a_broken_upload_is_one_sentence(server, b
     assert "cell.jpg" in alert.first.inner_text() or "image" in alert.first.inner_text().lower()
     assert_no_exception(page)
     page.close()
+
+
+
+# --- first start on an empty BMTEACH_HOME (issue 13.3) -------------------------------------------------------
+
+@pytest.fixture
+def empty_home_server(tmp_path):
+    """A server on an empty BMTEACH_HOME and no BMTEACH_DATA: its first page view starts the generation of the
+    built-in data set. It runs in its own process group, so the generation child is stopped with it."""
+    import signal
+
+    port = _free_port()
+    env = {**os.environ, "BMTEACH_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    for name in ("BMTEACH_DATA", "BMTEACH_RUN", "BMTEACH_INSTRUCTOR_SECRET"):
+        env.pop(name, None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for_health(url, proc)
+        yield url
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=10)
+                break
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+
+
+def test_two_sessions_on_an_empty_home_both_see_the_title_and_the_shared_progress(empty_home_server, browser):
+    import re
+
+    pages = [browser.new_page() for _ in range(2)]
+    start = time.monotonic()
+    for page, path in zip(pages, ("/", "/Explain")):
+        page.goto(empty_home_server + path, wait_until="commit")
+    progress = re.compile(r"Starting the generator|Drawing synthetic cells: [\d,]+ of [\d,]+")
+    for page, title in zip(pages, ("Home", "Explain")):
+        page.get_by_role("heading", level=1, name=title).wait_for(timeout=20_000)
+        page.get_by_text("First start").first.wait_for(timeout=20_000)
+        page.get_by_text(progress).first.wait_for(timeout=20_000)
+    seconds = time.monotonic() - start
+    assert seconds < 20, f"both sessions showed title and progress only after {seconds:.1f} s"
+    # the bar moves with a measured rate, never a fixed promise
+    pages[1].get_by_text(re.compile(r"per second, about .* left")).first.wait_for(timeout=60_000)
+    for page in pages:
+        assert "about a minute" not in page.content()
+        assert page.locator("[data-testid=stException]").count() == 0
+        page.close()
