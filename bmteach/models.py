@@ -8,6 +8,7 @@ Every model exposes the same three parts so training, inference and explanation 
 from __future__ import annotations
 
 import json
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,10 @@ from bmteach.storage import atomic_write_bytes, atomic_write_json
 # RGB mean/std of the full data set (0-1 scale); the synthetic cells are calibrated to the same statistics.
 DATASET_MEAN = (0.563, 0.496, 0.735)
 DATASET_STD = (0.242, 0.283, 0.177)
+
+# Input sizes a checkpoint may ask for: below 16 px the sequential CNN's three poolings leave nothing to see; above
+# 1024 px one image's activations take gigabytes (60,000 px asked for 10.8 GB), and the data set's cells are 250 px.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 1024
 
 
 @dataclass
@@ -43,8 +48,68 @@ class ModelMeta:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelMeta":
+        """Validated, not trusted: every field is checked for type, range and length (meta.json comes from disk,
+        maybe hand-edited or from elsewhere); a bad one is a CheckpointError naming the field. Unknown keys are
+        ignored, missing ones take the defaults."""
+        if not isinstance(d, dict):
+            raise CheckpointError(f"it holds {type(d).__name__ if d is not None else 'null'} instead of an object "
+                                  "of named fields")
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        if "model" not in known:
+            raise CheckpointError("it names no model")
+        meta = cls(**known)
+        meta.validate()
+        return meta
+
+    def validate(self) -> None:
+        """Raise CheckpointError (a clause, no path) on the first field that is not what a checkpoint needs."""
+        if not isinstance(self.model, str) or self.model not in MODEL_NAMES:
+            raise CheckpointError(f"it names an unknown model {self.model!r} (known: {', '.join(MODEL_NAMES)})")
+        _check_classes(self.classes)
+        if not _is_int(self.image_size) or not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
+            raise CheckpointError(f"image_size must be a whole number of pixels from {MIN_IMAGE_SIZE} to "
+                                  f"{MAX_IMAGE_SIZE}, not {self.image_size!r}")
+        _check_channels("mean", self.mean, low=0.0, high=1.0)
+        _check_channels("std", self.std, low=0.0, high=1.0, open_low=True)
+        if self.fold is not None and (not _is_int(self.fold) or self.fold < 0):
+            raise CheckpointError(f"fold must be a fold number (0, 1, ...) or null, not {self.fold!r}")
+        for name in ("seed", "epoch", "epochs"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise CheckpointError(f"{name} must be a whole number of at least 0, not {value!r}")
+        if not isinstance(self.complete, bool):
+            raise CheckpointError(f"complete must be true or false, not {self.complete!r}")
+        if not isinstance(self.metrics, dict):
+            raise CheckpointError(f"metrics must be an object, not {type(self.metrics).__name__}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_classes(classes) -> None:
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise CheckpointError("classes must be a list of class abbreviations such as \"BLA\"")
+    if len(classes) < 2:
+        raise CheckpointError(f"classes must name at least 2 classes, not {len(classes)}")
+    unknown = [c for c in classes if c not in ABBRS]
+    if unknown:
+        raise CheckpointError(f"classes has names outside the 21 classes: {', '.join(map(repr, unknown[:5]))}")
+    doubled = sorted({c for c in classes if classes.count(c) > 1})
+    if doubled:
+        raise CheckpointError(f"classes names {', '.join(doubled)} more than once")
+
+
+def _check_channels(name: str, values, low: float, high: float, open_low: bool = False) -> None:
+    """mean/std: one finite number per RGB channel within [low, high] (std above 0), on the 0-1 pixel scale."""
+    if not isinstance(values, (list, tuple)) or len(values) != 3:
+        count = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
+        raise CheckpointError(f"{name} must hold 3 numbers (R, G, B), not {count}")
+    for v in values:
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) \
+                or v > high or v < low or (open_low and v <= low):
+            bound = f"above {low:g}" if open_low else f"from {low:g}"
+            raise CheckpointError(f"{name} must hold numbers {bound} to {high:g} (0-1 pixel scale), not {v!r}")
 
 
 class CellNet(nn.Module):
@@ -183,12 +248,15 @@ def read_meta(path: str | Path) -> ModelMeta:
     if not meta_path.is_file():
         raise CheckpointError(f"No meta.json beside the checkpoint {path}; it cannot be loaded without it.")
     try:
-        meta = ModelMeta.from_dict(json.loads(meta_path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{meta_path} is not valid checkpoint metadata ({exc}).") from None
-    if meta.model not in MODEL_NAMES:
-        raise CheckpointError(f"{meta_path} names an unknown model {meta.model!r}.")
-    return meta
+        raw = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise CheckpointError(f"{meta_path} is not valid checkpoint metadata (not JSON: {exc}).") from None
+    except OSError as exc:
+        raise CheckpointError(f"{meta_path} cannot be read ({exc.strerror or exc}).") from None
+    try:
+        return ModelMeta.from_dict(raw)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{meta_path} is not valid checkpoint metadata: {exc}.") from None
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[CellNet, ModelMeta]:
