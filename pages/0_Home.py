@@ -46,7 +46,8 @@ if active.has_data:
     else:
         st.metric("Images in the active data set", f"{sum(counts.values()):,}",
                   help="Images found by the index; unreadable and junk files are skipped.")
-        st.dataframe(counts_table(counts, run_counts), hide_index=True, key="class_counts")
+        table = counts_table(counts, run_counts)  # 21 rows, all in view
+        st.dataframe(table, hide_index=True, key="class_counts", height=ui.table_height(len(table)))
 
 st.header("Use the real data set")
 st.markdown(

@@ -600,3 +600,20 @@ def test_explain_filter_shows_only_images_the_model_gets_wrong(env, tmp_path, mo
     assert "gets 1 of the 2 eosinophil images wrong" in texts(at)
     at.selectbox(key="explain_class").select("BLA").run()  # a class it gets all right
     assert "No Blast images to show that the model gets wrong." in texts(at)
+
+
+
+def test_home_class_table_shows_all_21_rows(env, monkeypatch):
+    import streamlit
+
+    heights = {}
+    real = streamlit.dataframe
+
+    def recording(data=None, *args, **kwargs):
+        heights[kwargs.get("key")] = (len(data), kwargs.get("height"))
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(streamlit, "dataframe", recording)
+    run_page(HOME)
+    rows, height = heights["class_counts"]
+    assert rows == len(ABBRS) and height >= 35 * (rows + 1)
