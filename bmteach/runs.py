@@ -13,11 +13,15 @@ Reading never writes, so the app can watch a run that another process is writing
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,7 +274,41 @@ def read_oof(run_dir: str | Path) -> pd.DataFrame | None:
     return None
 
 
-# --- the one-writer lock -----------------------------------------------------------------------------------
+# --- the one-writer lock, the heartbeat and the stop request -------------------------------------------------
+# RUN/.lock appears atomically (a complete file hard-linked into place: two takers can never both create it)
+# and names its owner by PID, host and the process's start time (a recycled PID is not mistaken for it). The
+# owner rewrites RUN/heartbeat.json every HEARTBEAT_S from a daemon thread and, on release, writes a final one
+# saying how it ended. run_state() reads only these files, so a refreshed page or a restarted app loses nothing.
+
+HEARTBEAT = "heartbeat.json"
+STOP_REQUEST = "stop.json"     # when the app asked the run to stop (the queue's supervisor escalates to SIGKILL)
+HEARTBEAT_S = 2.0
+STALE_S = 30.0                 # no heartbeat for this long: the writer is gone, or hangs
+HOST = socket.gethostname()
+_STOP = threading.Event()      # set by SIGTERM while a fold trains: finish the step, write last.pt, exit
+_BEAT_INFO: dict = {}          # what the trainer adds to the heartbeat (fold, device)
+_BEATING: set = set()          # this process's running heartbeats
+
+
+def request_stop(*_signal_args) -> None:
+    """Ask this process's training loop to stop after its current step (a SIGTERM handler)."""
+    _STOP.set()
+
+
+def stop_requested() -> bool:
+    return _STOP.is_set()
+
+
+def clear_stop() -> None:
+    _STOP.clear()
+
+
+def set_heartbeat_info(**info) -> None:
+    """Extra fields for this process's heartbeat (the fold it trains, its device), written at once."""
+    _BEAT_INFO.update(info)
+    for beat in list(_BEATING):
+        beat.beat()
+
 
 def pid_alive(pid: int) -> bool:
     """True for a running process (a zombie, killed but not yet reaped, counts as dead)."""
@@ -289,43 +327,178 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def process_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux), None where unknown."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _identity() -> dict:
+    pid = os.getpid()
+    return {"pid": pid, "host": HOST, "start": process_start(pid)}
+
+
+def _record_alive(record: dict) -> bool:
+    """Is the process a lock or heartbeat record names still running? (Another host's: assume so.)"""
+    if record.get("host") not in (None, HOST):
+        return True
+    try:
+        pid = int(record.get("pid") or 0)
+    except (TypeError, ValueError):
+        return False
+    if not pid_alive(pid):
+        return False
+    start = record.get("start")
+    return start is None or process_start(pid) in (None, start)
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        record = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def lock_owner(run_dir: str | Path) -> int | None:
     """PID of the live process writing this run, or None (no lock, or a stale one)."""
-    path = Path(run_dir) / LOCK_NAME
-    try:
-        pid = int(read_json(path).get("pid", 0))
-    except (OSError, ValueError, AttributeError, json.JSONDecodeError):
+    record = _read_record(Path(run_dir) / LOCK)
+    if record is None or not _record_alive(record):
         return None
-    return pid if pid_alive(pid) else None
+    try:
+        return int(record["pid"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class Heartbeat:
+    """RUN/heartbeat.json rewritten every `interval` seconds by a daemon thread, so it keeps beating through a
+    long step or a validation pass; `end()` writes the last one with how the process ended."""
+
+    def __init__(self, run_dir: Path, interval: float = HEARTBEAT_S):
+        self.path = Path(run_dir) / HEARTBEAT
+        self.interval = interval
+        self.record = {**_identity(), "started": time.time()}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bmteach-heartbeat", daemon=True)
+
+    def beat(self, **final) -> None:
+        try:
+            atomic_write_json(self.path, {**self.record, **_BEAT_INFO, "time": time.time(), **final})
+        except OSError:
+            pass  # a full disk must not kill the training; the page then sees a stale heartbeat
+
+    def _loop(self) -> None:
+        while not self._done.wait(self.interval):
+            self.beat()
+
+    def start(self) -> None:
+        self.beat()
+        self._thread.start()
+        _BEATING.add(self)
+
+    def end(self, outcome: str, error: str | None = None) -> None:
+        _BEATING.discard(self)
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self.beat(ended=time.time(), outcome=outcome, error=error)
+
+
+def _outcome() -> tuple[str, str | None]:
+    """How this process is leaving its run: called from release(), where sys.exc_info() shows an exception
+    on its way out of the `train` command."""
+    exc = sys.exc_info()[1]
+    if stop_requested() or isinstance(exc, KeyboardInterrupt):
+        return "stopped", None
+    if exc is None or isinstance(exc, SystemExit) and not exc.code:
+        return "exited", None
+    return "error", str(exc) or type(exc).__name__
 
 
 class RunLock:
-    """RUN/.lock holding the owner's PID. A live owner other than us is a clear error; a dead owner's lock is
-    taken over. Use as a context manager; released on exit."""
+    """RUN/.lock naming the one process that writes a run. A live owner other than us is a clear error; a dead
+    owner's lock is taken over (under a flock on the run folder, so two takers cannot both remove it). The
+    holder also writes the heartbeat. Use as a context manager, or acquire() ... release() in try/finally."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, heartbeat: bool = True):
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_NAME
+        self.path = self.run_dir / LOCK
         self.held = False
+        self.heartbeat = Heartbeat(self.run_dir) if heartbeat else None
+        self._content = b""
+
+    def _create(self) -> bool:
+        """Make RUN/.lock appear complete or not at all: write a private file, hard-link it into place."""
+        self._content = json.dumps({**_identity(), "time": time.time(), "token": os.urandom(8).hex()}).encode()
+        tmp = self.run_dir / f".lock.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        tmp.write_bytes(self._content)
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: exclusive create (the content follows at once)
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(self._content)
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _remove_if_unchanged(self, seen: bytes | None) -> None:
+        """Remove a stale lock, but only if it is still the one judged stale (flock: one remover at a time)."""
+        fd = os.open(self.run_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                now = self.path.read_bytes()
+            except FileNotFoundError:
+                return
+            if now == seen:
+                self.path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)  # closing drops the flock
 
     def acquire(self) -> "RunLock":
-        owner = lock_owner(self.run_dir)
-        parent = int(os.environ.get(PARENT_LOCK_ENV) or 0)
-        if owner is not None and owner == parent:
-            return self  # our parent holds it for us (--parallel-folds); it releases it
-        if owner is not None and owner != os.getpid():
-            raise UserError(f"{self.run_dir} is being written by another training process (PID {owner}); "
-                            "wait for it to finish, stop it, or choose another --out.")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.path, {"pid": os.getpid(), "started": time.time()})
-        if lock_owner(self.run_dir) != os.getpid():  # lost a race with another process taking over
-            raise UserError(f"{self.run_dir} was just taken by another training process; choose another --out.")
-        self.held = True
-        return self
+        parent = int(os.environ.get(PARENT_LOCK_ENV) or 0)
+        for _ in range(20):
+            if self._create():
+                self.held = True
+                (self.run_dir / STOP_REQUEST).unlink(missing_ok=True)  # an old stop request is not for us
+                if self.heartbeat is not None:
+                    self.heartbeat.start()
+                return self
+            try:
+                seen = self.path.read_bytes()
+            except FileNotFoundError:
+                continue  # released just now: try again
+            record = _read_record(self.path) or {}
+            owner = record.get("pid")
+            if parent and owner == parent and _record_alive(record):
+                return self  # our parent holds it for us (--parallel-folds); it releases it
+            if record and _record_alive(record):
+                raise UserError(f"{self.run_dir} is being written by another training process (PID {owner}); "
+                                "wait for it to finish, stop it, or choose another --out.")
+            self._remove_if_unchanged(seen)
+        raise UserError(f"{self.run_dir} was just taken by another training process; choose another --out.")
 
     def release(self) -> None:
-        if self.held and lock_owner(self.run_dir) == os.getpid():
-            self.path.unlink(missing_ok=True)
+        if not self.held:
+            return
+        if self.heartbeat is not None:
+            self.heartbeat.end(*_outcome())
+        try:
+            if self.path.read_bytes() == self._content:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
         self.held = False
 
     def __enter__(self) -> "RunLock":
@@ -355,7 +528,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
 @dataclass
 class FoldStatus:
     fold: int
-    state: str                 # "pending", "running", "stopped" (resumable), "complete"
+    state: str                 # "pending", "running", "stopped" or "crashed" (resumable), "complete"
     epoch: int = 0             # epochs finished (or in progress, for a running fold)
     epochs: int = 0
     progress: dict | None = None   # the latest progress.jsonl record
@@ -418,7 +591,9 @@ class Run:
     def progress(self, fold: int) -> list[dict]:
         return read_jsonl(self.fold_dirs[fold] / PROGRESS)
 
-    def fold_status(self, fold: int) -> FoldStatus:
+    def fold_status(self, fold: int, state: RunState | None = None) -> FoldStatus:
+        """One fold's state; a fold with progress but not complete takes the run's state when it is the fold
+        trained last (running or crashed), else it is stopped (resumable)."""
         epochs = int(self.config.get("epochs", 0))
         if self.fold_complete(fold):
             meta = self.fold_meta(fold) or {}
@@ -427,14 +602,26 @@ class Run:
         last = records[-1] if records else None
         if last is None and not (self.fold_dirs[fold] / LAST).is_file():
             return FoldStatus(fold, "pending", 0, epochs)
-        state = "running" if self.running() else "stopped"
-        return FoldStatus(fold, state, int((last or {}).get("epoch", 0)), epochs, last)
+        state = state or run_state(self)
+        current = state.state in ("running", "crashed") and fold == self.latest_fold()
+        return FoldStatus(fold, state.state if current else "stopped", int((last or {}).get("epoch", 0)), epochs, last)
+
+    def latest_fold(self) -> int | None:
+        """The unfinished fold whose progress or last.pt changed last (the one being, or last, trained)."""
+        stamps = []
+        for k, d in self.fold_dirs.items():
+            if not self.fold_complete(k):
+                times = [m for m in (_mtime_ns(d / PROGRESS), _mtime_ns(d / LAST)) if m is not None]
+                if times:
+                    stamps.append((max(times), k))
+        return max(stamps)[1] if stamps else None
 
     def status(self) -> list[FoldStatus]:
-        return [self.fold_status(k) for k in self.fold_dirs]
+        state = run_state(self)
+        return [self.fold_status(k, state) for k in self.fold_dirs]
 
     def running(self) -> bool:
-        return lock_owner(self.path) is not None
+        return run_state(self).state == "running"
 
     def oof(self) -> pd.DataFrame | None:
         """All out-of-fold predictions: run/oof.csv, else the completed folds' files joined (None if none)."""
@@ -481,12 +668,29 @@ def read_progress(run: Run | str | Path) -> pd.DataFrame:
 
 # --- launching and stopping --------------------------------------------------------------------------------
 
+START_MARK = "[bmteach start]"   # train.log: what follows belongs to the latest start
+
+
+def append_log(run_dir: str | Path, line: str) -> None:
+    """One line of our own in RUN/train.log, stamped (queued, started, ended, killed)."""
+    path = Path(run_dir) / LOG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"[bmteach {stamp}] {line}\n")
+
+
 def train_command(out: str | Path, data: str | Path = "default", model: str = "sequential",
                   folds=None, epochs: int = 13, per_class: int | None = None, image_size: int | None = None,
-                  device: str = "auto", resume: bool = False, extra: tuple[str, ...] = ()) -> list[str]:
-    """The `python -m bmteach train ...` command line for these settings."""
-    cmd = [sys.executable, "-m", "bmteach", "train", "--data", str(data), "--model", model,
-           "--epochs", str(epochs), "--out", str(out), "--device", device]
+                  device: str = "auto", resume: bool = False, extra: tuple[str, ...] = (),
+                  num_folds: int | None = None) -> list[str]:
+    """The `python -m bmteach train ...` command line for these settings (an argument list: never a shell)."""
+    from bmteach.launch import bmteach_command
+
+    cmd = bmteach_command("train", "--data", str(data), "--model", model, "--epochs", str(epochs), "--out", str(out),
+                          "--device", device)
+    if num_folds:
+        cmd += ["--num-folds", str(num_folds)]
     if folds is not None:
         cmd += ["--folds", ",".join(str(k) for k in folds)]
     if per_class:
@@ -498,34 +702,184 @@ def train_command(out: str | Path, data: str | Path = "default", model: str = "s
     return cmd + list(extra)
 
 
+def resume_command(run_dir: str | Path, device: str = "auto") -> list[str]:
+    """The command that continues a stopped or crashed run from its last checkpoints (its saved config
+    decides everything else)."""
+    config = read_config(run_dir)
+    return train_command(Path(run_dir).resolve(), config.get("data_root") or "default", config.get("model", "sequential"),
+                         epochs=int(config.get("epochs", 13)), device=device, resume=True)
+
+
+def launch_command(cmd: list[str], run_dir: str | Path) -> subprocess.Popen:
+    """Start a command as its own process group (launch.start_detached: a new session, so it outlives the app
+    and a browser refresh, and SIGKILL reaches its data-loading workers too), output appended to RUN/train.log
+    after a start mark (errors before it belong to earlier attempts)."""
+    from bmteach.launch import start_detached
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    append_log(run_dir, f"{START_MARK} {' '.join(cmd[1:])}")
+    return start_detached(cmd, run_dir / LOG)
+
+
 def launch_training(out: str | Path, data: str | Path = "default", model: str = "sequential", folds=None,
                     epochs: int = 13, per_class: int | None = None, image_size: int | None = None,
                     device: str = "auto", resume: bool = False, extra: tuple[str, ...] = ()) -> subprocess.Popen:
-    """Start training as a separate process (the app never trains in its own script thread). Output goes to
-    RUN/train.log; the process runs in its own session so it outlives a browser refresh."""
+    """Start training now as a separate process (the app never trains in its own script thread); the Training
+    page uses submit_training, which queues it behind a run already training."""
     out = Path(out)
     if lock_owner(out) is not None:
         raise UserError(f"{out} is already being trained (PID {lock_owner(out)}).")
-    out.mkdir(parents=True, exist_ok=True)
     cmd = train_command(out, data, model, folds, epochs, per_class, image_size, device, resume, extra)
-    from bmteach.launch import start_detached
+    return launch_command(cmd, out)
 
-    return start_detached(cmd, out / LOG_NAME)
+
+def submit_training(cmd: list[str], run_dir: str | Path):
+    """Queue a training (it starts at once when nothing else trains on this machine); see bmteach.jobs."""
+    from bmteach import jobs
+
+    return jobs.submit(run_dir, cmd)
 
 
 def read_log(run_dir: str | Path, max_chars: int = 4000) -> str:
     """The tail of RUN/train.log (errors of a launched run end up there)."""
+    path = Path(run_dir) / LOG
     try:
-        text = (Path(run_dir) / LOG_NAME).read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 4 * max_chars))  # never read a huge log whole
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
         return ""
     return text[-max_chars:]
 
 
-def stop_training(run_dir: str | Path) -> bool:
-    """Ask the process writing this run to stop (SIGTERM); it can be resumed later. False if none runs."""
+def kill_process_group(pid: int) -> None:
+    """SIGKILL a training process and, when it leads its own group (as launched), its loader workers too."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def stop_training(run_dir: str | Path, timeout: float | None = None) -> bool:
+    """Ask the process writing this run to stop: SIGTERM, on which it finishes its current step, writes last.pt
+    and exits (resumable). A queued run is taken off the queue. With `timeout`, wait that long and then SIGKILL
+    it; without, the queue's supervisor does so after jobs.STOP_TIMEOUT_S. False if nothing runs or waits."""
+    from bmteach import jobs
+
+    run_dir = Path(run_dir)
     pid = lock_owner(run_dir)
     if pid is None:
-        return False
+        return jobs.cancel(run_dir)
+    atomic_write_json(run_dir / STOP_REQUEST, {"time": time.time(), "pid": pid})
     os.kill(pid, signal.SIGTERM)
+    if timeout is not None:
+        deadline = time.time() + timeout
+        while pid_alive(pid) and time.time() < deadline:
+            time.sleep(0.1)
+        if pid_alive(pid):
+            kill_process_group(pid)
     return True
+
+
+# --- run state: running, queued, finished, stopped, crashed — from the run folder's files only --------------
+
+STATES = ("running", "queued", "finished", "stopped", "crashed")
+
+
+@dataclass
+class RunState:
+    """What a run is doing now, read from its folder (and the queue); never remembered by the app."""
+    state: str                       # one of STATES
+    detail: str = ""                 # one sentence for the page
+    error: str | None = None         # crashed: why (the process's last error, from its heartbeat or log)
+    pid: int | None = None           # running: the training process
+    heartbeat_age: float | None = None
+    queue_position: int | None = None
+
+    @property
+    def resumable(self) -> bool:
+        return self.state in ("stopped", "crashed")
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("running", "queued")
+
+
+def _run_path(run) -> Path:
+    return Path(run.path if isinstance(run, Run) else run)
+
+
+def run_state(run, now: float | None = None, stale_s: float = STALE_S) -> RunState:
+    """Running (a live lock owner with a fresh heartbeat), queued, finished (every fold complete), stopped
+    (resumable: stopped on request, or only some folds asked for) or crashed (the process went without
+    finishing, with the reason), decided from RUN/.lock, RUN/heartbeat.json, the folds, RUN/train.log and
+    the queue."""
+    from bmteach import jobs
+
+    path = _run_path(run)
+    now = time.time() if now is None else now
+    beat = _read_record(path / HEARTBEAT)
+    age = now - beat["time"] if beat and isinstance(beat.get("time"), (int, float)) else None
+    lock = _read_record(path / LOCK)
+    if lock and _record_alive(lock):
+        pid = lock.get("pid")
+        if beat and beat.get("pid") == pid and not beat.get("ended"):
+            if age is not None and age <= stale_s:
+                return RunState("running", f"training (process {pid})", pid=pid, heartbeat_age=age)
+            return RunState("crashed", f"process {pid} still exists but its heartbeat stopped {age:.0f} s ago",
+                            error=f"No heartbeat for {age:.0f} s: the training process {pid} hangs or is "
+                                  "suspended; stop it, then resume.", pid=pid, heartbeat_age=age)
+        started = lock.get("time")
+        if not isinstance(started, (int, float)) or now - started <= stale_s:
+            return RunState("running", f"starting (process {pid})", pid=pid)  # the lock comes just before the beat
+    job = jobs.job_for(path)
+    if job is not None and not job.waiting and job.pid and pid_alive(job.pid):
+        return RunState("running", f"starting (process {job.pid})", pid=job.pid)
+    if job is not None and job.waiting:
+        pos = jobs.position(path)
+        return RunState("queued", f"queued, number {pos} in line", queue_position=pos)
+    if all_folds_complete(path):
+        return RunState("finished", "every fold is trained", heartbeat_age=age)
+    if beat and beat.get("ended"):
+        if beat.get("outcome") == "error":
+            error = beat.get("error") or last_error(read_log(path)) or "the training command failed"
+            return RunState("crashed", "the training command failed", error=error, heartbeat_age=age)
+        if beat.get("outcome") == "stopped":
+            return RunState("stopped", "stopped on request; resume continues from the last step", heartbeat_age=age)
+        return RunState("stopped", "only some folds were trained; resume trains the rest", heartbeat_age=age)
+    error = last_error(read_log(path))
+    if beat:  # a heartbeat that never ended: the process died (killed, out of memory, power cut)
+        return RunState("crashed", "the training process ended without finishing",
+                        error=error or f"The training process {beat.get('pid')} disappeared without a word "
+                                       "(killed, or out of memory).", heartbeat_age=age)
+    if error:
+        return RunState("crashed", "the training command failed", error=error)
+    return RunState("stopped", "not trained to the end; resume continues it")
+
+
+# a process's own last error ("error: ..." from the CLI, or a traceback's last line) and, failing that, how the
+# queue's supervisor saw it end ("... ended: killed by SIGKILL")
+_ERROR_LINE = re.compile(r"^(error: .+|[A-Za-z_][\w.]*(Error|Exception)\b.*)$")
+_END_LINE = re.compile(r"^\[bmteach [^]]*\] (.*(killed by|exit status [1-9]).*)$")
+
+
+def last_error(log_text: str) -> str | None:
+    """The last error line of a train.log since its last start (or None)."""
+    lines = [line.strip() for line in log_text.rsplit(START_MARK, 1)[-1].splitlines()]
+    for pattern in (_ERROR_LINE, _END_LINE):
+        for line in reversed(lines):
+            match = pattern.match(line)
+            if match:
+                return match.group(1).removeprefix("error: ")
+    return None
+
+
+def stop_requested_at(run_dir: str | Path) -> float | None:
+    """When the app asked this run to stop (RUN/stop.json), or None."""
+    record = _read_record(Path(run_dir) / STOP_REQUEST)
+    value = (record or {}).get("time")
+    return float(value) if isinstance(value, (int, float)) else None

@@ -12,10 +12,14 @@ GPU; under `torchrun` one fold is spread over the processes with DistributedData
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -109,6 +113,7 @@ class SeededSampler(Sampler):
 
     def __init__(self, base: BalancedSampler, seed: int, fold: int):
         self.base, self.seed, self.fold, self.epoch = base, seed, fold, 0
+        self.skip = 0  # samples already trained on in this epoch (resuming a stopped epoch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -116,7 +121,8 @@ class SeededSampler(Sampler):
 
     def __iter__(self):
         start = derive_seed(self.seed, self.fold, self.epoch, _AUGMENT) * 1_000_003
-        return ((i, (start + n) % 2**62) for n, i in enumerate(self.base))
+        seeded = ((i, (start + n) % 2**62) for n, i in enumerate(self.base))
+        return itertools.islice(seeded, self.skip, None)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -201,6 +207,9 @@ class FoldState:
     scaler: torch.amp.GradScaler
     epoch: int = 0                     # epochs completed
     history: list = field(default_factory=list)
+    step: int = 0                      # steps done in the epoch under way (a stop mid-epoch saves it)
+    sums: list = field(default_factory=lambda: [0.0, 0.0, 0])   # that epoch's loss x images, correct, images
+    resume_rng: torch.Tensor | None = None   # the RNG state to continue a stopped epoch with
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
@@ -238,6 +247,8 @@ def save_training_state(state: FoldState, path: Path) -> None:
         "scaler": state.scaler.state_dict(),
         "epoch": state.epoch,
         "history": state.history,
+        "step": state.step,
+        "epoch_sums": [float(v) for v in state.sums],
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }
@@ -257,7 +268,15 @@ def load_training_state(state: FoldState, path: Path) -> None:
         raise CheckpointError(f"{path} cannot be resumed from ({type(exc).__name__}); delete it to restart "
                               "this fold from scratch.") from None
     state.epoch, state.history = int(blob["epoch"]), list(blob["history"])
+    state.step = int(blob.get("step", 0))
+    if state.step:  # stopped mid-epoch: continue that epoch exactly where it was left
+        sums = blob.get("epoch_sums") or [0.0, 0.0, 0]
+        state.sums = [float(sums[0]), float(sums[1]), int(sums[2])]
+        state.resume_rng = blob["rng"]["torch"]
     torch.set_rng_state(blob["rng"]["torch"])
+    cuda_rng = blob["rng"].get("cuda") or []
+    if torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_rng)
 
 
 class ProgressLog:
@@ -290,16 +309,25 @@ class ProgressLog:
 
 
 def train_one_epoch(state: FoldState, loader: DataLoader, device: torch.device, log: ProgressLog,
-                    epoch: int, finetune: str, bar, world_size: int = 1) -> tuple[float, float]:
-    """One pass over the epoch's balanced sample; returns mean loss and accuracy (this process's share)."""
+                    epoch: int, finetune: str, bar, world_size: int = 1, stoppable: bool = True) -> bool:
+    """One pass over the epoch's balanced sample, from step state.step on (a stopped epoch continues). Returns
+    True when the epoch is done, False when a stop was asked (SIGTERM): then state.step says how far it got.
+    Either way state.sums holds the epoch's loss x images, correct predictions and images (this process's
+    share). Loss and accuracy add up on the device and reach the host only at log points: a per-step
+    `.item()` would make the CPU wait for the GPU every step."""
     state.net.train()
     if finetune == "head":
         state.model.body.eval()  # frozen body: keep its batch-norm statistics as they are
     dtype = amp_dtype(device)
     loss_fn = nn.CrossEntropyLoss()
-    total_loss, correct, seen = 0.0, 0, 0
+    sums = torch.tensor(state.sums[:2], dtype=torch.float64, device=device)  # loss x images, correct
+    seen = int(state.sums[2])
     log_every = max(1, min(50, log.steps // 10))
-    for step, (x, y) in enumerate(loader, start=1):
+    batches = iter(loader)  # draws the loader's base seed from the RNG, so a resumed epoch restores it after this
+    if state.resume_rng is not None:
+        torch.set_rng_state(state.resume_rng)
+        state.resume_rng = None
+    for step, (x, y) in enumerate(batches, start=state.step + 1):
         x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
         y = y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -310,16 +338,25 @@ def train_one_epoch(state: FoldState, loader: DataLoader, device: torch.device, 
         state.scaler.step(state.optimizer)
         state.scaler.update()
         state.scheduler.step()
-        total_loss += loss.item() * len(y)
-        correct += int((logits.argmax(1) == y).sum())
+        sums[0] += loss.detach().double() * len(y)
+        sums[1] += (logits.argmax(1) == y).sum()
         seen += len(y)
+        state.step = step
         log.count(len(y) * world_size)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
-        if step % log_every == 0 or step == log.steps:
-            log.write(epoch + 1, step, total_loss / seen, correct / seen)
-    return total_loss / max(seen, 1), correct / max(seen, 1)
+        stop = stoppable and step < log.steps and runs.stop_requested()
+        if step % log_every == 0 or step == log.steps or stop:
+            total, correct = sums.tolist()  # the one host sync, at log points only
+            state.sums = [total, correct, seen]
+            if bar is not None:
+                bar.set_postfix(loss=f"{total / seen:.3f}", acc=f"{correct / seen:.3f}")
+            log.write(epoch + 1, step, total / seen, correct / seen, **({"phase": "stopped"} if stop else {}))
+        if stop:
+            return False
+    total, correct = sums.tolist()
+    state.sums = [total, correct, seen]
+    return True
 
 
 @torch.no_grad()
@@ -362,6 +399,8 @@ def train_fold(cfg: TrainConfig, run_dir: Path, root: Path, manifest: pd.DataFra
     Returns the trained model, or None when stopped early by `stop_after_epoch` (a test hook: the effect of a
     kill right after that epoch's checkpoint)."""
     dist = dist or Dist()
+    if runs.stop_requested():
+        return None  # asked to stop before this fold began: nothing to save
     fold_dir = runs.fold_dir(run_dir, fold)
     if dist.main:
         fold_dir.mkdir(parents=True, exist_ok=True)
@@ -378,24 +417,37 @@ def train_fold(cfg: TrainConfig, run_dir: Path, root: Path, manifest: pd.DataFra
         load_training_state(state, last_pt)
     log = ProgressLog(fold_dir / runs.PROGRESS if dist.main else None, fold, cfg.epochs, len(loader),
                       cfg.batch_size * dist.world_size)
-    bar = _progress_bar(fold, cfg.epochs, len(loader), state.epoch) if dist.main else None
+    bar = _progress_bar(fold, cfg.epochs, len(loader), state.epoch, state.step) if dist.main else None
+    runs.set_heartbeat_info(fold=fold, device=str(device))
+    stoppable = dist.world_size == 1  # under torchrun every rank would have to stop at the same step
     try:
-        while state.epoch < cfg.epochs:
-            torch.manual_seed(derive_seed(cfg.seed, fold, state.epoch, _EPOCH))  # dropout etc.
-            sampler.set_epoch(state.epoch)
-            loss, acc = train_one_epoch(state, loader, device, log, state.epoch, cfg.finetune, bar, dist.world_size)
-            state.epoch += 1
-            state.history.append({"epoch": state.epoch, "loss": loss, "accuracy": acc,
-                                  "images": len(sampler) * dist.world_size})
+        with _stop_on_sigterm(stoppable):
+            while state.epoch < cfg.epochs:
+                torch.manual_seed(derive_seed(cfg.seed, fold, state.epoch, _EPOCH))  # dropout etc.
+                sampler.set_epoch(state.epoch)
+                sampler.skip = state.step * cfg.batch_size
+                done = train_one_epoch(state, loader, device, log, state.epoch, cfg.finetune, bar, dist.world_size,
+                                       stoppable)
+                sampler.skip = 0
+                if not done:  # stopped mid-epoch: last.pt holds this step, --resume continues from it
+                    if dist.main:
+                        save_training_state(state, last_pt)
+                    return None
+                total, correct, seen = state.sums
+                state.epoch, state.step, state.sums = state.epoch + 1, 0, [0.0, 0.0, 0]
+                state.history.append({"epoch": state.epoch, "loss": total / max(seen, 1),
+                                      "accuracy": correct / max(seen, 1), "images": len(sampler) * dist.world_size})
+                if dist.main:
+                    save_training_state(state, last_pt)
+                if stop_after_epoch is not None and state.epoch >= stop_after_epoch and state.epoch < cfg.epochs:
+                    return None
+                if stoppable and runs.stop_requested() and state.epoch < cfg.epochs:
+                    return None  # asked at an epoch's end: last.pt is written already
             if dist.main:
-                save_training_state(state, last_pt)
-            if stop_after_epoch is not None and state.epoch >= stop_after_epoch and state.epoch < cfg.epochs:
-                return None
+                finish_fold(cfg, state, fold_dir, root, val_df, fold, device, workers, log)
     finally:
         if bar is not None:
             bar.close()
-    if dist.main:
-        finish_fold(cfg, state, fold_dir, root, val_df, fold, device, workers, log)
     _barrier(dist)
     return state.model
 
@@ -419,11 +471,25 @@ def finish_fold(cfg: TrainConfig, state: FoldState, fold_dir: Path, root: Path, 
     log.write(cfg.epochs, log.steps, last["loss"], last["accuracy"], phase="done", val_accuracy=summary["accuracy"])
 
 
-def _progress_bar(fold: int, epochs: int, steps: int, done_epochs: int):
+@contextmanager
+def _stop_on_sigterm(enabled: bool = True):
+    """While a fold trains, SIGTERM (the app's stop) only sets a flag that the loop reads after each step: the
+    step finishes, last.pt is written and the process exits cleanly. Elsewhere SIGTERM interrupts as before."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, runs.request_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _progress_bar(fold: int, epochs: int, steps: int, done_epochs: int, done_steps: int = 0):
     from tqdm import tqdm
 
     # disable=None: a bar on a terminal, nothing when the app runs us with output to a log file.
-    return tqdm(total=epochs * steps, initial=done_epochs * steps, desc=f"fold {fold}", unit="batch",
+    return tqdm(total=epochs * steps, initial=done_epochs * steps + done_steps, desc=f"fold {fold}", unit="batch",
                 disable=None, dynamic_ncols=True, leave=True)
 
 

@@ -130,7 +130,7 @@ def test_killed_training_process_resumes_to_the_same_model(tiny_data, tmp_path, 
         proc.wait()
     assert lock_owner(killed) is None and (killed / LOCK_NAME).exists()   # a stale lock of a dead process
     assert not (killed / "fold0" / "model.pt").exists()
-    assert open_run(killed).fold_status(0).state == "stopped"
+    assert open_run(killed).fold_status(0).state == "crashed"                # gone without a word: crashed
     assert train_cli(tiny_data, killed, "--resume") == 0                   # takes the stale lock over
     assert state_dicts_equal(whole / "fold0" / "model.pt", killed / "fold0" / "model.pt")
     assert not (killed / LOCK_NAME).exists()
