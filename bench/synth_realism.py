@@ -1,205 +1,132 @@
-"""Realism of the synthetic cells: train the small sequential CNN on synthetic cells only, classify real ones.
+"""Realism of the synthetic cells, statistic by statistic, class by class, against the real sample.
 
-    .venv/bin/python bench/synth_realism.py [--per-class 160] [--epochs 8] [--threads 2]
+    .venv/bin/python bench/synth_realism.py [--real ../shared/realdata/BM_cytomorphology_sample]
+        [--per-class 30] [--half test] [--figure docs/synthetic-realism.png] [--synth-root DIR]
 
-Trains bmteach's "sequential" model at 128 px on synthetic cells (random flips, 90-degree rotations, colour
-jitter), never on real cells. Prints:
-  - learnability: strict and tolerant accuracy on held-out synthetic cells (another seed);
-  - realism: balanced accuracy on the 420 real cells of ../shared/realdata (7 classes, chance 14%), with
-    21-way argmax and with argmax restricted to the 7 classes present, and the 7x7 confusion matrix.
+Measures on every patch (bench/realism_common.py, the same crude segmentation for both): the labelled cell's
+equivalent diameter in px, nucleus/cell area ratio, solidity and contour roughness (perimeter^2 / 4 pi area,
+1 = circle), nuclear and cytoplasmic RGB, chromatin texture at two scales (grey-level sd of the 0-1 px and
+1-4 px band inside the nucleus), background brightness and colour (R-B) and the spread of brightness between
+images, crowding (share of the frame stained outside the labelled cell), red cells (share of frame, RGB),
+stained share of the frame, blur (variance of the Laplacian) and contrast (grey-level sd).
+
+The real sample is split by file name with a fixed seed (realism_common.real_split, seed 12): statistics that
+steer the generator come from the FIT half; this table reports the TEST half unless --half fit.
+`--synth-root DIR` measures another copy of the generator (DIR/bmteach), e.g. an older commit extracted with
+`git archive <commit> bmteach | tar -x -C DIR`.
+
+Prints a synthetic-vs-real table (mean per class) and draws box plots of the main statistics (no real pixels).
 """
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
-from torchvision.transforms import v2
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bmteach import synth  # noqa: E402
-from bmteach.augment import eval_transform  # noqa: E402
-from bmteach.classes import ABBRS, tolerance_set  # noqa: E402
-from bmteach.models import DATASET_MEAN, DATASET_STD, create_model  # noqa: E402
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from realism_common import REAL, STATS, image_stats, load_rgb, real_split  # noqa: E402
 
-REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "realdata" / "BM_cytomorphology_sample"
-IMAGE_SIZE = 128
+CLASSES = ("BLA", "EOS", "LYT", "MON", "NGS", "NIF", "PMO")
+FIGURE_STATS = ("diameter_px", "nc_ratio", "solidity", "bg_bright", "laplacian_var", "grey_sd", "crowding",
+                "tex_fine", "tex_coarse", "rbc_share")
 
 
-def _synthetic_batch(job) -> np.ndarray:
-    """Images (uint8, N x 3 x S x S) of one class: generated, JPEG-encoded like the data set, resized."""
-    import io
-    from PIL import Image
-
-    abbr, seed, first, count, shift, difficulty = job
-    resize = v2.Compose([v2.PILToTensor(), v2.Resize((IMAGE_SIZE, IMAGE_SIZE), antialias=True)])
-    out = []
-    for n in range(first, first + count):
-        image, _ = synth.generate_cell(abbr, synth.cell_rng(seed, abbr, n), difficulty, shift)
-        buf = io.BytesIO()
-        image.save(buf, "JPEG", quality=synth.JPEG_QUALITY)
-        out.append(resize(Image.open(buf).convert("RGB")).numpy())
-    return np.stack(out)
+def synthetic_stats(per_class: int, seed: int) -> dict[str, list[dict]]:
+    from bmteach import synth
+    out = {}
+    for abbr in CLASSES:
+        rows = []
+        for n in range(1, per_class + 1):
+            image, _ = synth.generate_cell(abbr, synth.cell_rng(seed, abbr, n))
+            rows.append(image_stats(np.asarray(image)))
+        out[abbr] = rows
+    return out
 
 
-def synthetic_set(per_class: int, seed: int, workers: int, shift="none", difficulty=0.5):
-    jobs = [(abbr, seed, first, min(20, per_class - first + 1), shift, difficulty)
-            for abbr in ABBRS for first in range(1, per_class + 1, 20)]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        parts = list(pool.map(_synthetic_batch, jobs))
-    labels = np.concatenate([np.full(len(p), ABBRS.index(j[0])) for p, j in zip(parts, jobs)])
-    return torch.from_numpy(np.concatenate(parts)), torch.from_numpy(labels)
+def real_stats(files: dict) -> dict[str, list[dict]]:
+    return {abbr: [image_stats(load_rgb(f)) for f in files[abbr]] for abbr in CLASSES if abbr in files}
 
 
-def normalise(x_uint8: torch.Tensor) -> torch.Tensor:
-    x = x_uint8.float() / 255
-    mean = torch.tensor(DATASET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(DATASET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+def column(rows: list[dict], stat: str) -> np.ndarray:
+    v = np.array([r[stat] for r in rows], float)
+    return v[np.isfinite(v)]
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Flips, 90-degree rotations, scale, focus blur and colour jitter (per-channel gain, brightness, contrast,
-    saturation) on a uint8 batch: enough variety that the model must learn shapes, not one rendering style."""
-    x = x.float() / 255
-    if torch.rand(1, generator=gen) < 0.5:
-        x = x.flip(3)
-    x = torch.rot90(x, int(torch.randint(4, (1,), generator=gen)), (2, 3))
-    scale = float(0.85 + 0.3 * torch.rand(1, generator=gen))
-    if abs(scale - 1) > 0.03:
-        size = int(round(IMAGE_SIZE * scale))
-        x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        x = v2.functional.center_crop(x, [IMAGE_SIZE, IMAGE_SIZE]) if size > IMAGE_SIZE else \
-            nn.functional.pad(x, [(IMAGE_SIZE - size) // 2, IMAGE_SIZE - size - (IMAGE_SIZE - size) // 2] * 2,
-                              mode="replicate")
-    sigma = float(torch.rand(1, generator=gen)) * 1.2
-    if sigma > 0.3:
-        x = v2.functional.gaussian_blur(x, [5, 5], [sigma, sigma])
-    n = x.shape[0]
-    gain = 1 + 0.1 * torch.randn(n, 3, 1, 1, generator=gen)
-    bright = 0.06 * torch.randn(n, 1, 1, 1, generator=gen)
-    contrast = 1 + 0.15 * torch.randn(n, 1, 1, 1, generator=gen)
-    saturation = 1 + 0.2 * torch.randn(n, 1, 1, 1, generator=gen)
-    grey = x.mean(1, keepdim=True)
-    x = grey + (x - grey) * saturation
-    mean = x.mean((1, 2, 3), keepdim=True)
-    x = ((x - mean) * contrast + mean) * gain + bright
-    x = x + 0.01 * torch.randn(x.shape, generator=gen)
-    return normalise((x.clamp(0, 1) * 255).round().to(torch.uint8)).contiguous(memory_format=torch.channels_last)
+def summary(rows: list[dict], stat: str) -> float:
+    if stat == "bg_bright_sd":
+        v = column(rows, "bg_bright")
+        return float(v.std()) if len(v) else np.nan
+    v = column(rows, stat)
+    return float(v.mean()) if len(v) else np.nan
 
 
-def train(x, y, epochs: int, seed: int, batch: int = 64, lr: float = 3e-3):
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = create_model("sequential", len(ABBRS)).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * ((len(x) + batch - 1) // batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
-    started = time.perf_counter()
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(x), generator=gen)
-        total, correct = 0.0, 0
-        for i in range(0, len(x), batch):
-            idx = order[i:i + batch]
-            logits = model(augment(x[idx], gen))
-            loss = loss_fn(logits, y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == y[idx]).sum())
-        print(f"  epoch {epoch + 1}/{epochs}: loss {total / len(x):.3f} train acc {correct / len(x):.3f} "
-              f"({time.perf_counter() - started:.0f} s)", flush=True)
-    return model.eval()
+def print_table(syn: dict, real: dict, half: str) -> None:
+    stats = list(STATS) + ["bg_bright_sd"]
+    print(f"\nmean per class: synthetic / real ({half} half of the real sample)")
+    print(f"{'statistic':>14} " + " ".join(f"{c:>13}" for c in CLASSES) + f" {'all':>13}")
+    for stat in stats:
+        cells = []
+        for c in CLASSES:
+            cells.append(f"{summary(syn[c], stat):6.2f}/{summary(real[c], stat):<6.2f}")
+        all_syn = sum((syn[c] for c in CLASSES), [])
+        all_real = sum((real[c] for c in CLASSES), [])
+        cells.append(f"{summary(all_syn, stat):6.2f}/{summary(all_real, stat):<6.2f}")
+        print(f"{stat:>14} " + " ".join(f"{x:>13}" for x in cells))
 
 
-@torch.no_grad()
-def logits_of(model, x: torch.Tensor, batch: int = 128) -> torch.Tensor:
-    return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
+def draw_figure(syn: dict, real: dict, path: Path, half: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-
-def real_set():
-    from PIL import Image
-
-    transform = eval_transform(IMAGE_SIZE, DATASET_MEAN, DATASET_STD)
-    xs, ys = [], []
-    for folder in sorted(p for p in REAL.iterdir() if p.is_dir()):
-        for f in sorted(folder.rglob("*.jpg")):
-            with Image.open(f) as im:
-                xs.append(transform(im.convert("RGB")))
-            ys.append(ABBRS.index(folder.name))
-    return torch.stack(xs), torch.tensor(ys)
-
-
-def balanced_accuracy(true: np.ndarray, pred: np.ndarray, classes) -> float:
-    return float(np.mean([(pred[true == c] == c).mean() for c in classes if (true == c).any()]))
-
-
-def print_confusion(true, pred, classes) -> None:
-    names = [ABBRS[c] for c in classes]
-    print("  true \\ pred " + " ".join(f"{n:>4}" for n in names) + " other  recall")
-    for c, n in zip(classes, names):
-        row = pred[true == c]
-        counts = [int((row == k).sum()) for k in classes]
-        other = len(row) - sum(counts)
-        print(f"  {n:>11} " + " ".join(f"{v:4d}" for v in counts) + f" {other:5d}  {counts[classes.index(c)] / len(row):.2f}")
+    fig, axes = plt.subplots(2, 5, figsize=(20, 7.5))
+    for ax, stat in zip(axes.ravel(), FIGURE_STATS):
+        data, positions, colours = [], [], []
+        for i, c in enumerate(CLASSES):
+            data += [column(syn[c], stat), column(real[c], stat)]
+            positions += [3 * i, 3 * i + 1]
+            colours += ["#8c6bb1", "#e6a04a"]
+        parts = ax.boxplot(data, positions=positions, widths=0.8, patch_artist=True, showfliers=False)
+        for patch, colour in zip(parts["boxes"], colours):
+            patch.set_facecolor(colour)
+        ax.set_xticks([3 * i + 0.5 for i in range(len(CLASSES))], CLASSES, fontsize=8)
+        ax.set_title(stat, fontsize=10)
+    axes[0, 0].legend([plt.Rectangle((0, 0), 1, 1, fc="#8c6bb1"), plt.Rectangle((0, 0), 1, 1, fc="#e6a04a")],
+                      ["synthetic", f"real ({half} half)"], fontsize=8)
+    fig.suptitle("Synthetic vs real cells: realism statistics per class (bench/synth_realism.py)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=70)
+    print(f"figure: {path}")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--per-class", type=int, default=160)
-    ap.add_argument("--test-per-class", type=int, default=30)
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--difficulty", type=float, default=0.5)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--real", type=Path, default=REAL, help="real sample folder (<ABBR>/.../*.jpg)")
+    ap.add_argument("--per-class", type=int, default=30, help="synthetic cells per class")
+    ap.add_argument("--seed", type=int, default=0, help="synthetic seed")
+    ap.add_argument("--half", choices=("test", "fit"), default="test")
+    ap.add_argument("--figure", type=Path, default=None, help="write box plots here (PNG)")
+    ap.add_argument("--synth-root", type=Path, default=None, help="import bmteach from DIR instead")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(args.synth_root.resolve() if args.synth_root else HERE.parent))
+    if not args.real.is_dir():
+        sys.exit(f"real sample not found: {args.real}")
     started = time.perf_counter()
-    x, y = synthetic_set(args.per_class, 100 + args.seed, args.threads, difficulty=args.difficulty)
-    xt, yt = synthetic_set(args.test_per_class, 200 + args.seed, args.threads, difficulty=args.difficulty)
-    print(f"generated {len(x)} training + {len(xt)} test synthetic cells in {time.perf_counter() - started:.0f} s")
-    model = train(x, y, args.epochs, args.seed)
-
-    pred = logits_of(model, normalise(xt)).argmax(1).numpy()
-    true = yt.numpy()
-    pairs = tolerance_set()
-    tolerant = np.mean([t == p or frozenset((ABBRS[t], ABBRS[p])) in pairs for t, p in zip(true, pred)])
-    print(f"learnability (held-out synthetic, {len(true)} cells): strict accuracy {np.mean(true == pred):.3f}, "
-          f"tolerant accuracy {tolerant:.3f}")
-    wrong = true != pred
-    on_pairs = np.mean([frozenset((ABBRS[t], ABBRS[p])) in pairs for t, p in zip(true[wrong], pred[wrong])])
-    print(f"  errors on tolerated pairs: {on_pairs:.2f} of {int(wrong.sum())}")
-
-    if not REAL.is_dir():
-        print("real sample not found: skipped realism")
-        return
-    xr, yr = real_set()
-    logits = logits_of(model, xr)
-    classes = sorted(set(yr.tolist()))
-    true = yr.numpy()
-    pred21 = logits.argmax(1).numpy()
-    restricted = torch.full_like(logits, float("-inf"))
-    restricted[:, classes] = logits[:, classes]
-    pred7 = restricted.argmax(1).numpy()
-    print(f"realism (420 real cells, 7 classes, chance 0.14): balanced accuracy 21-way {balanced_accuracy(true, pred21, classes):.3f}, "
-          f"restricted to the 7 classes {balanced_accuracy(true, pred7, classes):.3f}")
-    print("confusion, 21-way argmax ('other' = one of the 14 absent classes):")
-    print_confusion(true, pred21, classes)
-    print("confusion, argmax over the 7 present classes:")
-    print_confusion(true, pred7, classes)
-    counts = np.bincount(pred21, minlength=len(ABBRS))
-    print("21-way predictions by class: " + ", ".join(f"{ABBRS[i]} {c}" for i, c in enumerate(counts) if c))
-    print(f"total {time.perf_counter() - started:.0f} s")
+    fit, test = real_split(args.real)
+    real = real_stats(test if args.half == "test" else fit)
+    syn = synthetic_stats(args.per_class, args.seed)
+    import bmteach.synth as synth_module
+    print(f"generator {synth_module.__file__} version {synth_module.GENERATOR_VERSION}; "
+          f"{args.per_class} synthetic and {len(next(iter(real.values())))} real cells per class "
+          f"({time.perf_counter() - started:.0f} s)")
+    print_table(syn, real, args.half)
+    if args.figure:
+        draw_figure(syn, real, args.figure, args.half)
 
 
 if __name__ == "__main__":
