@@ -282,6 +282,7 @@ def read_oof(run_dir: str | Path) -> pd.DataFrame | None:
 
 HEARTBEAT = "heartbeat.json"
 STOP_REQUEST = "stop.json"     # when the app asked the run to stop (the queue's supervisor escalates to SIGKILL)
+LAUNCH = "launch.json"         # how the Training page launched the run: command, code version, preset
 HEARTBEAT_S = 2.0
 STALE_S = 30.0                 # no heartbeat for this long: the writer is gone, or hangs
 HOST = socket.gethostname()
@@ -360,6 +361,11 @@ def _read_record(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def read_heartbeat(run_dir: str | Path) -> dict | None:
+    """RUN/heartbeat.json (pid, host, started, time, fold, device; ended/outcome/error once over), or None."""
+    return _read_record(Path(run_dir) / HEARTBEAT)
 
 
 def lock_owner(run_dir: str | Path) -> int | None:
