@@ -67,6 +67,7 @@ def cli_index(args) -> int:
     result = data.index(args.root, mapping=args.mapping, verify=args.verify)
     groups = data.read_groups(args.groups) if args.groups else None
     df = data.build_manifest(result, k=args.folds, seed=args.seed, groups=groups)
+    data.write_manifest(df, args.out)  # first: a read-only or full disk stops before the summary is printed
     where = "" if result.class_root == result.root else f" (class folders in {result.class_root.name}/)"
     print(f"Data folder: {result.root}{where}")
     print(format_summary(df, args.folds))
@@ -76,7 +77,6 @@ def cli_index(args) -> int:
         named = df.loc[df["group"] != "", "group"].nunique()
         print(f"Groups: {named} from {args.groups}"
               + (f"; {alone} image(s) without a group, each kept as a group of its own." if alone else "."))
-    data.write_manifest(df, args.out)
     print(f"Wrote {args.out}: {len(df)} images, {args.folds} folds, seed {args.seed} "
           f"(paths relative to {result.root}).")
     sys.stdout.flush()
@@ -140,10 +140,13 @@ def parse_folds(text: str | None, num_folds: int) -> list[int]:
 
 def check_args(args) -> None:
     """Mistakes on the command line, caught before any indexing or writing."""
-    from bmteach.models import MODELS
+    from bmteach.models import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, MODELS
 
     if args.model not in MODELS:
         raise UserError(f"Unknown model {args.model!r}: choose one of {', '.join(MODELS)}.")
+    if args.image_size is not None and not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
+        raise UserError(f"--image-size must be from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels (the checkpoint "
+                        "would be refused otherwise).")
     if args.epochs < 1:
         raise UserError("--epochs must be at least 1.")
     if args.per_class is not None and args.per_class < 1:
@@ -213,6 +216,7 @@ def cli_train(args) -> int:
     """python -m bmteach train ... (see bmteach.train's docstring)."""
     from bmteach import runs, train
     from bmteach.models import pick_device
+    from bmteach.storage import resolve_path
 
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # `stop` from the app: clean up, keep last.pt
     dist = train.dist_from_env()
@@ -220,7 +224,7 @@ def cli_train(args) -> int:
     if dist.world_size > 1:
         device = train.init_distributed(dist, device)
     check_args(args)
-    run_dir = Path(args.out).expanduser().resolve()
+    run_dir = resolve_path(args.out)  # a symbolic-link loop is one sentence
     resume = args.resume and (run_dir / runs.CONFIG).is_file()
     if args.parallel_folds:
         if dist.world_size > 1:
@@ -559,9 +563,13 @@ def build_parser() -> argparse.ArgumentParser:
 # errors
 # --------------------------------------------------------------------------------------------------------------
 
-def describe_os_error(exc: OSError) -> str:
-    """One sentence naming the file for the I/O errors a person causes (a wrong path, no permission)."""
-    where = f" {exc.filename}" if exc.filename is not None else ""
+def describe_os_error(exc: OSError, out: str | None = None) -> str:
+    """One sentence naming the file for the I/O errors a person causes (a wrong path, no permission, a read-only
+    or full disk). A failed write() carries no file name: then the command's --out is named, where it has one."""
+    filename = exc.filename if exc.filename is not None else out
+    where = f" {filename}" if filename is not None else ""
+    if exc.filename is None and out is not None and not isinstance(exc, (FileNotFoundError, PermissionError)):
+        return f"Could not write under {out}: {exc.strerror or exc}."
     if isinstance(exc, FileNotFoundError):
         return f"Not found:{where}." if where else f"Not found ({exc})."
     if isinstance(exc, NotADirectoryError):
@@ -581,7 +589,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # FileNotFoundError, NotADirectoryError, PermissionError, a full disk ...
-        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        print(f"error: {describe_os_error(exc, getattr(args, 'out', None))}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # Path.resolve on a symbolic-link loop (Python < 3.13); any other is a bug
+        if not str(exc).startswith("Symlink loop from"):
+            raise
+        print(f"error: {str(exc).removeprefix('Symlink loop from ')} is a loop of symbolic links.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -76,23 +76,19 @@ def _umask() -> int:
     return mask
 
 
-def _umask() -> int:
-    """The process's umask: from /proc (thread-safe), else by setting it and putting it back at once."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    """Write to a temporary file in the same folder, then rename: readers never see half a file. A read-only or
+    full disk raises an OSError naming PATH (not the temporary file, and not nothing as a failed write() does)."""
     path = Path(path)
+    try:
+        _write_then_rename(path, data)
+    except OSError as exc:
+        if exc.filename is None or Path(exc.filename).name.startswith(f".{path.name}."):
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
+
+
+def _write_then_rename(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
