@@ -2,7 +2,8 @@
 
 The map of the feature space should show what a model learnt, not what it memorised: an image of fold k is
 therefore passed through the fold-k model only (the one that never trained on it), like its out-of-fold
-prediction. The features are stored once per (run stamp, data stamp) under BMTEACH_HOME/cache/features/<key>/:
+prediction. The features are stored once per (model stamp: checkpoints + manifest, data stamp) under
+BMTEACH_HOME/cache/features/<key>/:
 
     features.npy   (n, F) float16, read back memory-mapped (171,374 x 2048 is 0.7 GB)
     rows.csv       row,path,label,fold: row i of features.npy (row ids are the map's point ids)
@@ -56,7 +57,7 @@ class ExtractOptions:
     """How to run the extraction (none of it changes the result beyond bf16 rounding on CUDA)."""
     device: str = "auto"
     batch_size: int | None = None      # default: CPU_BATCH, or CUDA_BATCH on a GPU
-    workers: int | None = None         # default: min(8, cores) on a GPU, 1 on CPU (the forward pass needs the cores)
+    workers: int | None = None         # default: _default_workers (0 off the main thread)
     autocast: bool = True              # bf16 on CUDA only
     extra: dict = field(default_factory=dict)
 
@@ -76,8 +77,15 @@ def data_stamp(data_root: str | Path) -> tuple:
     return tuple(parts)
 
 
+def model_stamp(run_dir: str | Path) -> tuple:
+    """The part of runs.run_stamp that features depend on: the fold checkpoints and the manifest (re-evaluating
+    a run rewrites its oof.csv and metrics.json, which must not throw the features away)."""
+    stamp = runs.run_stamp(Path(run_dir).resolve())  # resolved: "models/demo" and its absolute path share a key
+    return tuple(s for s in stamp if Path(s[0]).name in (runs.MODEL, runs.MANIFEST))
+
+
 def cache_key(run_dir: str | Path, data_root: str | Path) -> str:
-    stamp = json.dumps([FORMAT_VERSION, str(Path(run_dir).resolve()), runs.run_stamp(run_dir), data_stamp(data_root)],
+    stamp = json.dumps([FORMAT_VERSION, str(Path(run_dir).resolve()), model_stamp(run_dir), data_stamp(data_root)],
                        default=str)
     return hashlib.sha1(stamp.encode()).hexdigest()[:16]
 
@@ -182,6 +190,10 @@ class _ImageDataset:
 
 
 def _default_workers(device_type: str) -> int:
+    """Decoding workers: none off the main thread (a web server's script thread: forking a multithreaded process
+    can deadlock), else up to 8 on a GPU and 1 on CPU (the forward pass needs the other cores)."""
+    if threading.current_thread() is not threading.main_thread():
+        return 0
     cores = os.cpu_count() or 1
     return min(8, cores) if device_type == "cuda" else (1 if cores > 1 else 0)
 
@@ -267,7 +279,7 @@ def _finish(tmp: Path, out: np.ndarray, rows: pd.DataFrame, ok: np.ndarray, skip
     rows.to_csv(tmp / ROWS, index=False)
     atomic_write_json(tmp / META, {
         "format": FORMAT_VERSION, "run": str(run_dir.resolve()), "data_root": str(root),
-        "run_stamp": [list(s) for s in runs.run_stamp(run_dir)], "data_stamp": list(map(str, data_stamp(root))),
+        "model_stamp": [list(s) for s in model_stamp(run_dir)], "data_stamp": list(map(str, data_stamp(root))),
         "model": predictor.meta.model, "image_size": predictor.image_size, "width": width, "count": len(rows),
         "dtype": "float16", "device": str(predictor.device), "folds": predictor.folds,
         "skipped": {reason: paths for reason, paths in skipped.items()},

@@ -121,3 +121,9 @@ def test_cli_features_writes_the_cache(tiny, fresh_home, capsys):
     assert "x 128 features" in out
     assert features.load_features(run, data) is not None
     assert main(["features", str(run / "nope")]) == 2
+
+
+def test_relative_and_absolute_run_paths_share_a_key(tiny, monkeypatch):
+    data, run = tiny
+    monkeypatch.chdir(run.parent)
+    assert features.cache_key("run", data) == features.cache_key(run.resolve(), data)
