@@ -42,7 +42,9 @@ def start_children(cmds_and_envs: list[tuple[list[str], dict]]) -> int:
         return max(p.wait() for p in procs)
     except BaseException:
         for p in procs:
-            p.terminate()
+            p.terminate()  # SIGTERM: each child finishes its step and writes last.pt (train._stop_on_sigterm)
+        for p in procs:
+            p.wait()       # before this process releases the run lock (a stuck child: the group's SIGKILL)
         raise
 
 
