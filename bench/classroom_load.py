@@ -8,7 +8,8 @@ practice items for a while; then the database must hold exactly the answers sent
 
 A student is, by default, a websocket client speaking Streamlit's protocol (BackMsg rerun requests with widget
 states, ForwardMsg deltas back, the cell images fetched over HTTP as a browser would): light enough that 30 of
-them on a 2-core machine measure the server, not 30 browsers. With --browser each student is a Chromium page.
+them on a 2-core machine measure the server, not 30 browsers. It looks at each cell for 3-7 s (--think) before
+answering, as a student would. With --browser each student is a Chromium page (no think time).
 
 Everything stays on 127.0.0.1: `streamlit run app.py` on free ports, Debian's Chromium driven by Playwright
 (never downloaded), PostgreSQL (with --postgres) as the unprivileged postgres user on a Unix socket in a temp
@@ -72,6 +73,15 @@ def start_server(env: dict, log_path: Path) -> tuple[subprocess.Popen, str]:
             time.sleep(0.5)
     proc.kill()
     raise TimeoutError("streamlit did not become healthy in 120 s")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def rss_mib(pid: int) -> float:
@@ -189,7 +199,8 @@ class Session:
         return states
 
 
-async def ws_student(url: str, token: str, until: float, stats: Stats, seed: int) -> None:
+async def ws_student(url: str, token: str, until: float, stats: Stats, seed: int,
+                     think: tuple[float, float] = (3.0, 7.0)) -> None:
     import websockets
 
     from bmteach.quiz import picker_label
@@ -201,6 +212,7 @@ async def ws_student(url: str, token: str, until: float, stats: Stats, seed: int
             page = Session(ws, url, f"t={token}&m=practice")
             await page.rerun()
             while time.monotonic() < until:
+                await asyncio.sleep(rng.uniform(*think))  # looking at the cell before answering
                 if "Answer" not in page.widgets:
                     raise RuntimeError(f"no item on the page: {page.text[:200]!r}")
                 choice = {"Your answer": picker_label(str(rng.choice(CHOICES)))}
@@ -221,11 +233,12 @@ async def ws_student(url: str, token: str, until: float, stats: Stats, seed: int
         stats.errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
 
 
-async def ws_classroom(urls: list[str], tokens: list[str], seconds: float, stats: Stats, pids: list[int]) -> float:
+async def ws_classroom(urls: list[str], tokens: list[str], seconds: float, stats: Stats, pids: list[int],
+                       think: tuple[float, float]) -> float:
     until = time.monotonic() + seconds
     tasks = []
     for i, token in enumerate(tokens):
-        tasks.append(asyncio.create_task(ws_student(urls[i % len(urls)], token, until, stats, i)))
+        tasks.append(asyncio.create_task(ws_student(urls[i % len(urls)], token, until, stats, i, think)))
         await asyncio.sleep(0.1)  # students arrive over a few seconds, not in one instant
     peak = 0.0
     while not all(t.done() for t in tasks):
@@ -266,6 +279,8 @@ def main() -> None:
     parser.add_argument("--servers", type=int, default=1)
     parser.add_argument("--postgres", action="store_true", help="share one PostgreSQL server (else SQLite)")
     parser.add_argument("--browser", action="store_true", help="Chromium pages instead of websocket clients")
+    parser.add_argument("--think", type=float, nargs=2, default=(3.0, 7.0), metavar=("MIN", "MAX"),
+                        help="seconds a websocket student looks at a cell before answering (uniform)")
     args = parser.parse_args()
     if args.browser and not Path(CHROMIUM).exists():
         sys.exit("Chromium is not installed (apt-get install chromium).")
@@ -298,9 +313,13 @@ def main() -> None:
               f"{'PostgreSQL' if pg else 'SQLite'}; logs in {tmp}")
         stats = Stats()
         t0 = time.monotonic()
-        play = classroom if args.browser else ws_classroom
-        peak = asyncio.run(play(urls, tokens, args.seconds, stats, pids))
+        load0, cpu0 = os.getloadavg()[0], sum(cpu_seconds(p) for p in pids)
+        if args.browser:
+            peak = asyncio.run(classroom(urls, tokens, args.seconds, stats, pids))
+        else:
+            peak = asyncio.run(ws_classroom(urls, tokens, args.seconds, stats, pids, tuple(args.think)))
         wall = time.monotonic() - t0
+        cpu = sum(cpu_seconds(p) for p in pids) - cpu0
         rows = db.class_answers(code)
         stored, unique = len(rows), rows["attempt_id"].nunique()
         doubled = int(rows.duplicated(["pseudonym", "item"]).sum())
@@ -309,7 +328,10 @@ def main() -> None:
         where = "on screen" if args.browser else "page and images received"
         print(f"Answer -> reveal, {where}:      {pct(stats.reveal)}")
         print(f"Next item -> next cell, {where}: {pct(stats.next)}")
-        print(f"servers' peak RSS: {peak:.0f} MiB in all")
+        print(f"servers' peak RSS: {peak:.0f} MiB in all; machine load average {load0:.1f} at the start, "
+              f"{os.getloadavg()[0]:.1f} at the end ({os.cpu_count()} cores)")
+        print(f"servers' CPU: {cpu:.1f} s in all, {cpu / max(stats.sent, 1) * 1000:.0f} ms per answer cycle "
+              "(answer + reveal + next cell, images served)")
         if stats.errors:
             print(f"{len(stats.errors)} student(s) stopped early: {stats.errors[:3]}")
         verdict = "OK" if stored == stats.sent == unique and doubled == 0 else "MISMATCH"

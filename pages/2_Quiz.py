@@ -22,12 +22,12 @@ ui.require_data(active)
 if not active.has_run:
     st.warning(active.run_error)
     st.stop()
-pool = ui.quiz_pool(active)
+pool = ui.or_stop(ui.quiz_pool, active)
 if pool is None or pool.empty:
     st.warning("The active model has no out-of-fold predictions for this data set yet, so there is nothing to "
                "compare your answers with: finish (or choose) a trained run first.")
     st.stop()
-db = ui.quiz_store()
+db = ui.or_stop(ui.quiz_store)  # a read-only home or an unreachable database server: one sentence
 
 
 # --- who is answering ------------------------------------------------------------------------------------
@@ -115,7 +115,7 @@ def show_item(cur: dict) -> None:
     ui.show_data_cell(active, cur["path"], label="Which cell is this?")
 
 
-def small_gallery(abbr: str, exclude: str, n: int = 4) -> None:
+def small_gallery(abbr: str, exclude: str, n: int = 3) -> None:
     paths = [p for p in ui.paths_of_class(active, abbr) if p != exclude]
     if not paths:
         return
