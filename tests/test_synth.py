@@ -131,7 +131,8 @@ def test_maturation_drives_the_granulocytic_chain():
     rng = np.random.default_rng(1)
     young = synth.granulocytic_spec("BLA", 0.0, rng)
     old = synth.granulocytic_spec("NGS", 1.0, rng)
-    assert young.nucleus_fraction > 2 * old.nucleus_fraction
+    # generator 3: segmented neutrophils carry more nuclear area (real sample), so 1.5x rather than 2x
+    assert young.nucleus_fraction > 1.5 * old.nucleus_fraction
     assert young.cyto_blue > 0.9 and old.cyto_blue == 0.0 and old.cyto_pink > 0.5
     assert young.nuc_lobes == 1 and old.nuc_lobes >= 2 and old.nuc_pinch > 0.8
 

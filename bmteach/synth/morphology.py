@@ -24,6 +24,8 @@ class CellSpec:
     diameter: float                 # cell diameter, um
     aspect: float = 1.1             # long/short axis of the cell outline
     wobble: float = 0.05            # irregularity of the outline
+    ruffle: float = 0.012           # fine waves of the outline (ruffled membranes of monocytes, blasts)
+    tail: float = 0.0               # a teardrop tail: extra radius in one direction, as a fraction
     hairs: float = 0.0              # hair-like projections: length as a fraction of the radius (HAC)
     blebs: float = 0.0              # cytoplasmic blebs (PEB)
     nucleus_fraction: float = 0.5   # nucleus area / cell area
@@ -39,6 +41,7 @@ class CellSpec:
     clockface: bool = False         # plasma-cell cartwheel chromatin
     pyknotic: float = 0.0           # 0 .. 1 dense homogeneous nucleus (late erythroblast)
     nucleoli: int = 0
+    nucleolus_contrast: float = 0.3  # how much paler a nucleolus is than the chromatin around it
     cyto_density: float = 0.45
     cyto_blue: float = 0.5          # weights of the cytoplasm colours
     cyto_pink: float = 0.0
@@ -59,13 +62,14 @@ class GranuleKind:
     peak: float
     per_px: float
     over_nucleus: bool
+    clustered: bool = False         # gathered in clumps (coarse azurophilic granules of promyelocytes)
 
 
 GRANULES = {
-    "azurophilic": GranuleKind("azur", 1.6, 0.45, 0.03, True),
-    "specific": GranuleKind("azur", 0.9, 0.18, 0.060, False),
-    "dust": GranuleKind("azur", 0.6, 0.18, 0.030, False),
-    "eosinophilic": GranuleKind("eos_granule", 1.7, 0.45, 0.070, False),
+    "azurophilic": GranuleKind("azur", 1.7, 0.42, 0.045, False, True),
+    "specific": GranuleKind("azur", 1.1, 0.14, 0.060, False),
+    "dust": GranuleKind("azur", 0.9, 0.12, 0.030, False),
+    "eosinophilic": GranuleKind("eos_granule", 1.9, 0.60, 0.050, False),
     "basophilic": GranuleKind("dark_granule", 2.0, 0.80, 0.014, True),
     "abnormal": GranuleKind("dark_granule", 2.2, 0.65, 0.012, True),
     "mast": GranuleKind("dark_granule", 1.4, 0.75, 0.045, True),
@@ -103,29 +107,37 @@ GRAN_T = (0.07, 0.24, 0.43, 0.60, 0.76, 0.92)   # class centres along the granul
 def granulocytic_spec(abbr: str, t: float, rng: np.random.Generator) -> CellSpec:
     """Blast -> promyelocyte -> myelocyte -> metamyelocyte -> band -> segmented, from one parameter t."""
     k = GRAN_T
-    lobes = int(rng.choice([2, 3, 3, 4, 4, 5])) if t > 0.8 else 1
+    lobes = int(rng.choice([2, 3, 3, 3, 4, 4])) if t > 0.8 else 1
+    young = t < 0.2
     return CellSpec(
         abbr=abbr,
-        diameter=_along(t, k, (13.5, 17.5, 15.0, 13.0, 12.0, 12.0)) * rng.uniform(0.9, 1.1),
-        aspect=rng.uniform(1.0, 1.15),
-        nucleus_fraction=_along(t, k, (0.72, 0.42, 0.36, 0.30, 0.26, 0.25)) * rng.uniform(0.9, 1.1),
-        nuc_length=_along(t, k, (0.25, 0.45, 0.6, 1.6, 4.0, 5.5)) * rng.uniform(0.8, 1.2),
-        nuc_bend=_along(t, k, (0.2, 0.3, 0.9, 2.3, 3.2, 3.6)) * rng.uniform(0.8, 1.2),
+        # sizes measured against the fit half of the real sample (bench/synth_realism.py): smaller than before
+        diameter=_along(t, k, (12.0, 15.5, 13.5, 12.0, 11.0, 10.5)) * rng.uniform(0.85, 1.15),
+        aspect=rng.uniform(1.0, 1.2),
+        wobble=rng.uniform(0.03, 0.08),
+        ruffle=rng.uniform(0.0, 0.035) if young else 0.01,
+        tail=rng.uniform(0.1, 0.3) if young and rng.random() < 0.3 else 0.0,    # teardrop blasts
+        nucleus_fraction=_along(t, k, (0.74, 0.45, 0.38, 0.34, 0.34, 0.38)) * rng.uniform(0.88, 1.12),
+        nuc_length=_along(t, k, (0.25, 0.45, 0.6, 1.6, 4.5, 6.0)) * rng.uniform(0.8, 1.25),
+        nuc_bend=_along(t, k, (0.2, 0.3, 0.9, 2.3, 3.2, 3.3)) * rng.uniform(0.5, 1.35),   # C ... horseshoe
         nuc_lobes=lobes,
-        nuc_pinch=_along(t, (0.8, 0.95), (0.0, 0.85)),
-        nuc_offset=_along(t, k, (0.1, 0.55, 0.5, 0.35, 0.15, 0.1)) * rng.uniform(0.5, 1.2),
-        nuc_density=_along(t, k, (0.65, 0.68, 0.78, 0.85, 0.95, 1.0)) * rng.uniform(0.9, 1.1),
-        chromatin_coarse=_along(t, k, (0.05, 0.15, 0.45, 0.65, 0.8, 0.9)),
-        chromatin_contrast=_along(t, k, (0.12, 0.18, 0.35, 0.45, 0.5, 0.55)),
-        nucleoli=int(rng.integers(1, 5)) if rng.random() < _along(t, k, (1.0, 0.55, 0.05, 0, 0, 0)) else 0,
-        cyto_density=_along(t, k, (0.48, 0.48, 0.46, 0.45, 0.45, 0.45)),
-        cyto_blue=_along(t, k, (1.0, 0.75, 0.3, 0.12, 0.04, 0.0)),
-        cyto_pink=_along(t, k, (0.0, 0.2, 0.55, 0.7, 0.75, 0.75)),
-        cyto_grey=_along(t, k, (0.0, 0.0, 0.1, 0.25, 0.35, 0.4)),
-        hof=_along(t, k, (0.0, 0.6, 0.5, 0.1, 0, 0)) * rng.uniform(0.3, 1.0),
+        nuc_pinch=_along(t, (0.8, 0.95), (0.0, 0.88)),
+        nuc_offset=_along(t, k, (0.35, 0.8, 0.6, 0.35, 0.15, 0.1)) * rng.uniform(0.6, 1.15),
+        nuc_wobble=_along(t, k, (0.07, 0.07, 0.09, 0.1, 0.12, 0.14)),
+        nuc_density=_along(t, k, (0.7, 0.7, 0.8, 0.88, 1.0, 1.05)) * rng.uniform(0.85, 1.15),
+        chromatin_coarse=_along(t, k, (0.0, 0.15, 0.45, 0.65, 0.8, 0.9)),
+        chromatin_contrast=_along(t, k, (0.06, 0.14, 0.3, 0.38, 0.4, 0.42)),
+        nucleoli=int(rng.integers(1, 4)) if rng.random() < _along(t, k, (0.8, 0.45, 0.05, 0, 0, 0)) else 0,
+        nucleolus_contrast=rng.uniform(0.08, 0.3),                              # faint, never crisp white
+        cyto_density=_along(t, k, (0.62, 0.55, 0.46, 0.45, 0.45, 0.45)) * rng.uniform(0.85, 1.15),
+        cyto_blue=_along(t, k, (1.2, 0.95, 0.35, 0.12, 0.04, 0.0)),
+        cyto_pink=_along(t, k, (0.0, 0.1, 0.5, 0.7, 0.8, 0.8)),
+        cyto_grey=_along(t, k, (0.0, 0.0, 0.1, 0.25, 0.3, 0.3)),
+        hof=_along(t, k, (0.0, 0.8, 0.5, 0.1, 0, 0)) * rng.uniform(0.4, 1.0),
+        vacuoles=int(rng.choice([0, 0, 0, 2, 3])) if 0.15 < t < 0.4 else 0,
         granules={
-            "azurophilic": _along(t, k, (0.0, 1.0, 0.35, 0.05, 0.0, 0.0)) * rng.uniform(0.6, 1.2),
-            "specific": _along(t, k, (0.0, 0.15, 0.7, 0.85, 0.85, 0.85)) * rng.uniform(0.7, 1.2),
+            "azurophilic": _along(t, (0.13, 0.24, 0.43, 0.6, 0.7), (0.0, 1.0, 0.35, 0.05, 0.0)) * rng.uniform(0.6, 1.3),
+            "specific": _along(t, k, (0.0, 0.15, 0.7, 0.85, 0.9, 0.9)) * rng.uniform(0.7, 1.3),
         },
     )
 
@@ -160,30 +172,35 @@ def lymphoid_spec(abbr: str, t: float, rng: np.random.Generator) -> CellSpec:
     k = (0.0, 0.17, 0.5, 0.8, 1.0)
     return CellSpec(
         abbr=abbr,
-        diameter=_along(t, k, (13.5, 12.5, 10.0, 8.8, 8.0)) * rng.uniform(0.92, 1.08),
-        aspect=rng.uniform(1.0, 1.1),
+        diameter=_along(t, k, (12.5, 11.5, 8.8, 7.4, 6.9)) * rng.uniform(0.85, 1.15),
+        aspect=rng.uniform(1.0, 1.15),
         wobble=0.04,
-        nucleus_fraction=_along(t, k, (0.75, 0.74, 0.72, 0.72, 0.74)) * rng.uniform(0.93, 1.05),
-        nuc_length=rng.uniform(0.0, 0.35),
-        nuc_bend=rng.uniform(0.0, 1.2) * (rng.random() < 0.3),
-        nuc_offset=rng.uniform(0.1, 0.45),
-        nuc_density=_along(t, k, (0.68, 0.7, 0.9, 1.0, 1.05)),
-        chromatin_coarse=_along(t, k, (0.05, 0.1, 0.6, 0.8, 0.85)),
-        chromatin_contrast=_along(t, k, (0.2, 0.22, 0.45, 0.5, 0.5)),
+        nucleus_fraction=_along(t, k, (0.75, 0.75, 0.76, 0.78, 0.8)) * rng.uniform(0.9, 1.05),
+        nuc_length=rng.uniform(0.0, 0.7),                                        # round to oval
+        nuc_bend=rng.uniform(0.5, 1.6) * (rng.random() < 0.3),                  # sometimes notched
+        nuc_offset=rng.uniform(0.1, 0.5),
+        nuc_density=_along(t, k, (0.72, 0.75, 0.95, 1.1, 1.15)) * rng.uniform(0.9, 1.1),
+        chromatin_coarse=_along(t, k, (0.05, 0.1, 0.3, 0.35, 0.4)),              # smooth, dark violet
+        chromatin_contrast=_along(t, k, (0.15, 0.16, 0.22, 0.22, 0.22)),
         nucleoli=int(rng.integers(1, 3)) if rng.random() < _along(t, k, (0.8, 0.6, 0.05, 0, 0)) else 0,
-        cyto_density=_along(t, k, (0.55, 0.55, 0.45, 0.4, 0.38)),
+        cyto_density=_along(t, k, (0.55, 0.55, 0.42, 0.34, 0.32)) * rng.uniform(0.8, 1.2),
         cyto_blue=_along(t, k, (1.0, 1.0, 0.8, 0.7, 0.7)),
     )
 
 
 def _eosinophil(abbr: str, rng: np.random.Generator) -> CellSpec:
+    if rng.random() < 0.4:   # many marrow eosinophils are immature: a round or oval, unlobed nucleus
+        shape = dict(nuc_length=rng.uniform(0.0, 1.0), nuc_bend=rng.uniform(0.0, 1.0), nuc_lobes=1,
+                     nuc_offset=rng.uniform(0.3, 0.7), nucleus_fraction=rng.uniform(0.3, 0.42))
+    else:
+        shape = dict(nuc_length=rng.uniform(2.5, 4.0), nuc_bend=rng.uniform(1.5, 3.0),
+                     nuc_lobes=int(rng.choice([1, 2, 2])), nuc_pinch=rng.uniform(0.3, 0.85),
+                     nuc_offset=rng.uniform(0.1, 0.4), nucleus_fraction=rng.uniform(0.25, 0.35))
     return CellSpec(
-        abbr=abbr, diameter=rng.uniform(12.5, 16.5), aspect=rng.uniform(1.0, 1.15),
-        nucleus_fraction=rng.uniform(0.25, 0.33), nuc_length=rng.uniform(2.5, 4.0), nuc_bend=rng.uniform(1.5, 3.0),
-        nuc_lobes=int(rng.choice([1, 2, 2])), nuc_pinch=rng.uniform(0.3, 0.85), nuc_offset=rng.uniform(0.1, 0.4),
-        nuc_density=0.85,
-        chromatin_coarse=0.7, chromatin_contrast=0.4, cyto_density=0.25, cyto_blue=0.1, cyto_pink=0.8,
-        granules={"eosinophilic": rng.uniform(0.8, 1.1)},
+        abbr=abbr, diameter=rng.uniform(11.5, 15.5), aspect=rng.uniform(1.0, 1.2), **shape,
+        nuc_density=rng.uniform(0.75, 0.95), chromatin_coarse=0.6, chromatin_contrast=0.3,
+        cyto_density=0.25, cyto_blue=rng.uniform(0.1, 0.5), cyto_pink=0.7,
+        granules={"eosinophilic": rng.uniform(0.75, 1.15)},                      # coarse, orange-salmon
     )
 
 
@@ -216,12 +233,15 @@ def _faggot_cell(abbr: str, rng: np.random.Generator) -> CellSpec:
 
 def _monocyte(abbr: str, rng: np.random.Generator) -> CellSpec:
     return CellSpec(
-        abbr=abbr, diameter=rng.uniform(15.0, 19.5), aspect=rng.uniform(1.0, 1.25), wobble=0.06,
-        nucleus_fraction=rng.uniform(0.4, 0.52), nuc_length=rng.uniform(0.8, 2.2), nuc_bend=rng.uniform(1.8, 3.4),
-        nuc_lobes=int(rng.choice([1, 1, 2])), nuc_pinch=rng.uniform(0.0, 0.35), nuc_offset=rng.uniform(0.1, 0.45),
-        nuc_wobble=0.12, nuc_density=0.62, chromatin_coarse=0.3, chromatin_contrast=0.35,
-        cyto_density=0.42, cyto_blue=0.45, cyto_grey=0.6, cyto_pink=0.1,
-        vacuoles=int(rng.choice([0, 0, 2, 4, 7])), granules={"dust": rng.uniform(0.5, 1.0)},
+        # smaller than before (fit half of the real sample); kidney-shaped or folded nucleus with lacy
+        # chromatin, grey-blue vacuolated cytoplasm, ruffled edges
+        abbr=abbr, diameter=rng.uniform(12.5, 16.5), aspect=rng.uniform(1.0, 1.3), wobble=rng.uniform(0.05, 0.1),
+        ruffle=rng.uniform(0.02, 0.05),
+        nucleus_fraction=rng.uniform(0.42, 0.56), nuc_length=rng.uniform(1.0, 2.6), nuc_bend=rng.uniform(1.8, 3.6),
+        nuc_lobes=int(rng.choice([1, 1, 2])), nuc_pinch=rng.uniform(0.0, 0.35), nuc_offset=rng.uniform(0.1, 0.5),
+        nuc_wobble=0.16, nuc_density=rng.uniform(0.58, 0.75), chromatin_coarse=0.75, chromatin_contrast=0.28,
+        cyto_density=rng.uniform(0.38, 0.5), cyto_blue=0.6, cyto_grey=0.6, cyto_pink=0.05,
+        vacuoles=int(rng.choice([0, 2, 4, 6, 9])), granules={"dust": rng.uniform(0.3, 0.8)},
     )
 
 

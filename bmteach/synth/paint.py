@@ -66,14 +66,21 @@ class Window:
 
 
 def _outline_table(rng: np.random.Generator, radius: float, aspect: float, wobble: float,
-                   hairs: float = 0.0, blebs: float = 0.0) -> np.ndarray:
-    """Radius of an outline as a function of angle (a table over [-pi, pi)): an ellipse with a wavy border."""
+                   hairs: float = 0.0, blebs: float = 0.0, ruffle: float = 0.0, tail: float = 0.0) -> np.ndarray:
+    """Radius of an outline as a function of angle (a table over [-pi, pi)): an ellipse with a wavy border,
+    optionally ruffled (fine high-frequency waves) or drawn out into a teardrop tail."""
     theta = np.linspace(-np.pi, np.pi, _ANGLES, endpoint=False)
     rot = rng.uniform(0, np.pi)
     a = np.sqrt(aspect)
     r = radius / np.sqrt((np.cos(theta - rot) / a) ** 2 + (np.sin(theta - rot) * a) ** 2)
     wave = sum(rng.normal(0, wobble / k) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in range(2, 7))
+    if ruffle > 0:
+        wave = wave + sum(rng.normal(0, ruffle / np.sqrt(k)) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+                          for k in range(7, 17, 2))
     r = r * (1 + wave)
+    if tail > 0:
+        dtheta = np.angle(np.exp(1j * (theta - rng.uniform(-np.pi, np.pi))))
+        r = r * (1 + tail * np.exp(-(dtheta / 0.45) ** 2))
     if hairs > 0:   # many narrow spikes: hair-like projections
         n = int(rng.integers(25, 50))
         centres, lengths = rng.uniform(-np.pi, np.pi, n), rng.uniform(0.3, 1.0, n) * hairs * radius
@@ -200,21 +207,22 @@ def paint_cell(canvas: Canvas, spec: CellSpec, cx: float, cy: float, rng: np.ran
                textures: dict, stain: StainJitter) -> tuple[Window | None, np.ndarray | None, np.ndarray | None]:
     """Paint one cell centred at (cx, cy); returns its window with cell and nucleus coverage there."""
     radius = spec.diameter * PX_PER_UM / 2
-    table = _outline_table(rng, radius, spec.aspect, spec.wobble, spec.hairs, spec.blebs)
+    table = _outline_table(rng, radius, spec.aspect, spec.wobble, spec.hairs, spec.blebs, spec.ruffle, spec.tail)
     win = Window.around(cx, cy, float(table.max()) + 3)
     if win is None:
         return None, None, None
     dist, idx = _polar(win)
     r_at = table[idx]
-    cell = _soft(r_at - dist, 1.2)
+    cell = _soft(r_at - dist, 2.4)    # soft edges: real outlines are never pen-drawn
     if spec.smudge:
         return win, *_paint_smudge(canvas, spec, win, cell, dist, r_at, rng, textures, stain)
-    nucleus, nuc_conc = _nucleus(spec, win, radius, r_at, dist, rng, textures)
+    nucleus, nuc_conc, nuc_at = _nucleus(spec, win, radius, r_at, dist, rng, textures)
     cyto = cell * (1 - nucleus)
-    rim = cell - _soft(r_at - 4.0 - dist, 2.0)    # the membrane edge reads darker, as in real smears
-    _paint_cytoplasm(canvas, spec, win, cell, cyto + 0.3 * rim * (1 - nucleus), radius, rng, textures, stain)
+    rim = cell - _soft(r_at - 4.0 - dist, 2.0)    # a faint membrane edge, no pen-drawn ring
+    _paint_cytoplasm(canvas, spec, win, cell, cyto + 0.08 * rim * (1 - nucleus), radius, rng, textures, stain,
+                     nuc_at)
     canvas.add(win.sl, nuc_conc * stain.haem, "haem")
-    _paint_granules(canvas, spec, win, cell, cyto, rng, stain)
+    _paint_granules(canvas, spec, win, cell, cyto, rng, stain, textures)
     if spec.auer_rods:
         _paint_auer_rods(canvas, spec, win, cell, nucleus, radius, rng)
     return win, cell, nucleus
@@ -234,11 +242,12 @@ def _nucleus(spec: CellSpec, win: Window, radius: float, r_at, dist, rng, textur
                         spec.nuc_lobes, spec.nuc_pinch)
     field = field + spec.nuc_wobble * half_w * textures["blob"][sl]
     inside_cell = _soft(r_at - 2.0 - dist, 1.0)
-    nucleus = _soft(field, 1.0) * inside_cell
-    # chromatin: fine and open in young cells, coarse and clumped in mature ones
+    nucleus = _soft(field, 1.8) * inside_cell
+    # chromatin: smooth and open in young cells, lacy (a network of strands) to clumped in mature ones; no
+    # pixel-scale speckle (real chromatin sits at the scale of a few px and is softened by the optics)
     c = spec.chromatin_coarse
-    tex = (1 - c) * textures["fine"][sl] + c * textures["mid"][sl]
-    if c > 0.5:
+    tex = (1 - c) * textures["fine"][sl] + c * textures["lacy"][sl]
+    if c > 0.6:
         tex = np.tanh(1.5 * tex)
     density = spec.nuc_density * (1 + spec.chromatin_contrast * (1 - spec.pyknotic) * tex)
     if spec.clockface:
@@ -246,10 +255,10 @@ def _nucleus(spec: CellSpec, win: Window, radius: float, r_at, dist, rng, textur
     for _ in range(spec.nucleoli):
         r = rng.uniform(0, 0.45 * half_w)
         a = rng.uniform(0, 2 * np.pi)
-        size = rng.uniform(5.0, 9.0)
+        size = rng.uniform(4.0, 8.0)
         d = np.hypot(win.dx - ox - r * np.cos(a), win.dy - oy - r * np.sin(a))
-        density = density * (1 - 0.5 * _soft(size - d, 3.0))
-    return nucleus, np.maximum(density, 0) * nucleus
+        density = density * (1 - spec.nucleolus_contrast * _soft(size - d, 4.0))
+    return nucleus, np.maximum(density, 0) * nucleus, (ox, oy, extent)
 
 
 def _clockface(dx, dy, half_w: float, rng) -> np.ndarray:
@@ -264,13 +273,16 @@ def _clockface(dx, dy, half_w: float, rng) -> np.ndarray:
     return 0.55 + 0.7 * clumps
 
 
-def _paint_cytoplasm(canvas, spec, win, cell, cyto, radius, rng, textures, stain):
+def _paint_cytoplasm(canvas, spec, win, cell, cyto, radius, rng, textures, stain, nuc_at=(0.0, 0.0, 0.0)):
     sl = win.sl
     conc = spec.cyto_density * cyto * (1 + 0.15 * textures["mid"][sl])
-    if spec.hof > 0:   # pale Golgi zone: a soft ellipse beside the nucleus, towards the cell centre
-        a = rng.uniform(0, 2 * np.pi)
-        d = np.hypot(win.dx - 0.15 * radius * np.cos(a), win.dy - 0.15 * radius * np.sin(a))
-        conc = conc * (1 - 0.6 * spec.hof * _soft(0.3 * radius - d, 6.0))
+    if spec.hof > 0:   # pale Golgi zone: a soft patch touching the nucleus on the side of the cell centre
+        ox, oy, extent = nuc_at
+        norm = np.hypot(ox, oy)
+        ux, uy = (-ox / norm, -oy / norm) if norm > 1 else (np.cos(a := rng.uniform(0, 2 * np.pi)), np.sin(a))
+        hx, hy = ox + ux * (extent + 0.1 * radius), oy + uy * (extent + 0.1 * radius)
+        d = np.hypot(win.dx - hx, win.dy - hy)
+        conc = conc * (1 - 0.7 * spec.hof * _soft(0.28 * radius - d, 5.0))
     if spec.hairs > 0:   # hairy projections are thin and pale
         conc = conc * (0.55 + 0.45 * _soft(cell * 8 - 4, 1.0))
     for _ in range(spec.vacuoles):
@@ -283,10 +295,12 @@ def _paint_cytoplasm(canvas, spec, win, cell, cyto, radius, rng, textures, stain
     canvas.add(sl, conc * spec.cyto_grey, "grey", stain.cyto)
 
 
-def _paint_granules(canvas, spec, win, cell, cyto, rng, stain):
+def _paint_granules(canvas, spec, win, cell, cyto, rng, stain, textures):
     for name, amount in spec.granules.items():
         kind = GRANULES[name]
         region = cell if kind.over_nucleus else cyto
+        if kind.clustered:   # coarse granules gather in clumps rather than being sprinkled evenly
+            region = region * (textures["coarse"][win.sl] > -0.3)
         # candidates fall uniformly over the window; those outside the region are dropped
         count = int(kind.per_px * amount * cell.size)
         conc = _dots(rng, region, count, kind.sigma, kind.peak) * cell
@@ -323,29 +337,40 @@ def _paint_smudge(canvas, spec, win, cell, dist, r_at, rng, textures, stain):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _paint_red_cells(canvas: Canvas, rng, keep_out: tuple, textures) -> None:
-    """Red cells with central pallor, scattered around (not on top of) the labelled cell."""
+def _paint_red_cells(canvas: Canvas, rng, keep_out: tuple, textures, packed: float | None = None) -> None:
+    """Opaque pink-beige red cells, from a few to packed, pressed against (slightly under) the labelled cell;
+    central pallor from clear to absent, sometimes crenated (a spiky outline)."""
     cx0, cy0, r0 = keep_out
-    for _ in range(int(rng.integers(3, 13))):
-        r = rng.uniform(3.3, 4.0) * PX_PER_UM
+    packed = rng.random() if packed is None else packed
+    count = int(2 + packed * 16 * rng.uniform(0.5, 1.0))
+    opacity = rng.uniform(0.35, 0.8)           # per slide: how strongly the red cells take the stain
+    pallor_depth = rng.uniform(0.0, 0.45)
+    crenated = rng.random() < 0.2
+    pink = rng.uniform(0.3, 1.0)               # per slide: pink-beige ... grey-green red cells
+    layer = np.zeros((SIZE, SIZE), np.float32)  # opaque: overlapping red cells do not add up (max, not sum)
+    for _ in range(count):
+        r = rng.uniform(3.1, 4.0) * PX_PER_UM
         for _attempt in range(6):
             cx, cy = rng.uniform(-0.6 * r, SIZE + 0.6 * r, 2)
-            if np.hypot(cx - cx0, cy - cy0) > r0 + 0.4 * r:
+            if np.hypot(cx - cx0, cy - cy0) > r0 + 0.1 * r:
                 break
-        table = _outline_table(rng, r, rng.uniform(1.0, 1.15), 0.015)
+        table = _outline_table(rng, r, rng.uniform(1.0, 1.2), 0.025, ruffle=0.02 if crenated else 0.0)
         win = Window.around(cx, cy, float(table.max()) + 2)
         if win is None:
             continue
         dist, idx = _polar(win)
-        rbc = _soft(table[idx] - dist, 1.3)
-        pallor = np.exp(-(dist / (0.5 * r)) ** 2)
-        conc = rbc * rng.uniform(0.35, 0.75) * (1 - 0.55 * pallor + 0.03 * textures["mid"][win.sl])
-        canvas.add(win.sl, conc, "rbc")
+        rbc = _soft(table[idx] - dist, 2.0)
+        pallor = np.exp(-(dist / (0.45 * r)) ** 2)
+        conc = rbc * opacity * rng.uniform(0.85, 1.1) * (1 - pallor_depth * pallor + 0.04 * textures["mid"][win.sl])
+        np.maximum(layer[win.sl], conc, out=layer[win.sl])
+    full = (slice(None), slice(None))
+    canvas.add(full, layer, "rbc", pink)
+    canvas.add(full, layer, "rbc_grey", 1 - pink)
 
 
 def _paint_neighbours(canvas, rng, centre_radius: float, textures, stain, difficulty) -> None:
     """0-2 other white cells, mostly outside the patch, cut by its edge."""
-    for _ in range(int(rng.choice([0, 1, 2, 2, 3, 3]))):
+    for _ in range(int(rng.choice([0, 1, 1, 2, 2, 3]))):
         spec = sample_spec(str(rng.choice(COMMON_CELLS, p=COMMON_WEIGHTS)), rng, difficulty)
         r = spec.diameter * PX_PER_UM / 2
         a = rng.uniform(0, 2 * np.pi)
@@ -358,6 +383,23 @@ def _paint_precipitate(canvas, rng, count: int, sigma=(0.7, 1.6)) -> None:
     full = np.ones((SIZE, SIZE), np.float32)
     conc = _dots(rng, full, count, rng.uniform(*sigma), 0.45)
     canvas.add((slice(None), slice(None)), conc, "azur")
+
+
+def _paint_film(canvas, rng, textures, amount: float) -> None:
+    """A faint plasma/protein film over the background and a few pale debris flakes (not every slide)."""
+    if amount <= 0:
+        return
+    full = (slice(None), slice(None))
+    film = np.clip(textures["blob"] + rng.normal(0, 0.5), 0, None) * np.float32(amount * rng.uniform(0.0, 0.08))
+    canvas.add(full, film, str(rng.choice(["baso", "eosin", "grey"])))
+    for _ in range(int(rng.integers(0, 4) * amount)):
+        cx, cy = rng.uniform(0, SIZE, 2)
+        r = rng.uniform(3, 14)
+        win = Window.around(cx, cy, 1.6 * r)
+        dist, idx = _polar(win)
+        table = _outline_table(rng, r, rng.uniform(1.0, 2.5), 0.2)
+        flake = _soft(table[idx] - dist, 2.0) * (0.7 + 0.3 * textures["mid"][win.sl])
+        canvas.add(win.sl, flake * rng.uniform(0.05, 0.25), str(rng.choice(["haem", "baso", "grey", "eosin"])))
 
 
 def _paint_artefact(canvas, rng, textures, stain, difficulty) -> None:
@@ -395,11 +437,15 @@ def _unit_grid() -> tuple[np.ndarray, np.ndarray]:
     return yy, xx
 
 
-def _background(look: Look, rng) -> np.ndarray:
-    """Illumination: a background colour between yellow-green and lilac, uneven across the patch."""
-    u = rng.random() ** 0.5   # lilac backgrounds are the more common
-    colour = (1 - u) * np.asarray(look.background[0]) + u * np.asarray(look.background[1])
-    colour = colour * rng.uniform(0.94, 1.03)
+def _background(look: Look, rng, bright: tuple | None = None) -> np.ndarray:
+    """Illumination: a mix of two background tints (cream, yellow-green, grey, blue-grey, pink, lilac) at a
+    brightness from dim to bright (skewed towards bright), uneven across the patch."""
+    p = np.asarray(look.background_weights, float)
+    i, j = rng.choice(len(look.background), 2, p=p / p.sum())
+    u = rng.random()
+    colour = (1 - u) * np.asarray(look.background[i]) + u * np.asarray(look.background[j])
+    lo, hi = bright or look.bg_bright
+    colour = colour * (lo + (hi - lo) * rng.random() ** 0.8)
     yy, xx = _unit_grid()
     gx, gy = rng.normal(0, 0.04, 2)
     light = 1 + gx * xx + gy * yy - look.vignette * rng.uniform(0.3, 1.0) * (xx ** 2 + yy ** 2)
@@ -423,21 +469,37 @@ def _finish(canvas: Canvas, light: np.ndarray, rng, blur: float, stain: StainJit
 
 
 def _textures(rng) -> dict:
-    return {"fine": _texture(rng, 1.2), "mid": _texture(rng, 2.5), "coarse": _texture(rng, 6.0),
-            "blob": _texture(rng, 14.0)}
+    fine, mid = _texture(rng, 1.8), _texture(rng, 2.5)
+    return {"fine": fine, "mid": mid, "lacy": _lacy(rng), "coarse": _texture(rng, 6.0), "blob": _texture(rng, 14.0)}
+
+
+@functools.lru_cache(maxsize=None)
+def _lacy_texture() -> np.ndarray:
+    """A network of dark strands with pale gaps (lacy chromatin): ridges of a band-pass noise, zero mean."""
+    band = _noise_texture(2.2) - 0.6 * _noise_texture(4.5)
+    ridges = 1.0 - np.abs(band) / np.abs(band).mean()
+    return ((ridges - ridges.mean()) / ridges.std()).astype(np.float32)
+
+
+def _lacy(rng) -> np.ndarray:
+    y0, x0 = rng.integers(0, _BANK - SIZE + 1, size=2)
+    tex = _lacy_texture()[y0:y0 + SIZE, x0:x0 + SIZE]
+    return tex.T if rng.random() < 0.5 else tex
 
 
 def render_patch(abbr: str, rng: np.random.Generator, difficulty: float = 0.5, look: Look | None = None):
     """Draw one 250x250 patch of class `abbr`: (RGB uint8 array, uint8 mask 0/1/2)."""
     look = look or SHIFTS["none"]
     canvas = Canvas(look)
-    light = _background(look, rng)
+    # not-identifiable cells come mostly from thin, bright areas of the smear (so do the real ones)
+    light = _background(look, rng, (max(look.bg_bright[0], 0.8), look.bg_bright[1]) if abbr == "NIF" else None)
     textures = _textures(rng)
-    stain = StainJitter(haem=rng.uniform(0.85, 1.15), cyto=rng.uniform(0.8, 1.2), eos=rng.uniform(0.8, 1.2),
-                        rgb=tuple(rng.uniform(0.9, 1.1, 3)))
-    blur = rng.uniform(*look.blur)
+    stain = StainJitter(haem=rng.uniform(0.75, 1.25), cyto=rng.uniform(0.7, 1.35), eos=rng.uniform(0.75, 1.25),
+                        rgb=tuple(rng.uniform(0.85, 1.15, 3)))
+    blur = rng.uniform(*look.blur) + (rng.uniform(0.5, 1.5) if rng.random() < 0.15 else 0.0)
     mask = np.zeros((SIZE, SIZE), np.uint8)
     cx, cy = SIZE / 2 + rng.normal(0, 4, 2)
+    _paint_film(canvas, rng, textures, look.film)
 
     if abbr == "ART":
         _paint_red_cells(canvas, rng, (cx, cy, 0.0), textures)
@@ -451,21 +513,25 @@ def render_patch(abbr: str, rng: np.random.Generator, difficulty: float = 0.5, l
         spec, extra_blur = _degrade(spec, how, rng)
         blur += extra_blur
     radius = spec.diameter * PX_PER_UM / 2
+    if how == "cut":          # the cell lies half outside the frame
+        a = rng.uniform(0, 2 * np.pi)
+        cx, cy = SIZE / 2 + (SIZE / 2 - rng.uniform(0.0, 0.5) * radius) * np.array([np.cos(a), np.sin(a)])
     _paint_red_cells(canvas, rng, (cx, cy, radius), textures)
     _paint_neighbours(canvas, rng, radius, textures, stain, difficulty)
     win, cell, nucleus = paint_cell(canvas, spec, cx, cy, rng, textures, stain)
-    if how == "overlapped":   # another cell lies across it: neither can be named
-        other = sample_spec(str(rng.choice(COMMON_CELLS, p=COMMON_WEIGHTS)), rng, difficulty)
-        a, d = rng.uniform(0, 2 * np.pi), rng.uniform(0.45, 0.8) * radius
-        paint_cell(canvas, other, cx + d * np.cos(a), cy + d * np.sin(a), rng, textures, stain)
-    _paint_precipitate(canvas, rng, int(rng.integers(0, 25)))
+    if how in ("overlapped", "cluster"):   # other cells lie across it or crowd it: none can be named
+        for _ in range(1 if how == "overlapped" else int(rng.integers(2, 4))):
+            other = sample_spec(str(rng.choice(COMMON_CELLS, p=COMMON_WEIGHTS)), rng, difficulty)
+            a, d = rng.uniform(0, 2 * np.pi), rng.uniform(0.45, 0.8 if how == "overlapped" else 1.1) * radius
+            paint_cell(canvas, other, cx + d * np.cos(a), cy + d * np.sin(a), rng, textures, stain)
+    _paint_precipitate(canvas, rng, int(rng.integers(0, 12)))
     mask[win.sl][cell > 0.5] = MASK_CYTOPLASM
     mask[win.sl][nucleus > 0.5] = MASK_NUCLEUS
     return _finish(canvas, light, rng, blur, stain), mask
 
 
-NIF_KINDS = ("defocused", "pyknotic", "lysed", "overlapped")
-NIF_WEIGHTS = (0.4, 0.25, 0.2, 0.15)
+NIF_KINDS = ("defocused", "pyknotic", "lysed", "overlapped", "naked", "smudged", "cut", "cluster")
+NIF_WEIGHTS = (0.22, 0.16, 0.12, 0.1, 0.14, 0.08, 0.1, 0.08)
 
 
 def _degrade(spec: CellSpec, how: str, rng) -> tuple[CellSpec, float]:
@@ -480,7 +546,12 @@ def _degrade(spec: CellSpec, how: str, rng) -> tuple[CellSpec, float]:
     if how == "lysed":         # pale, washed out, torn outline
         return replace(spec, wobble=spec.wobble + rng.uniform(0.1, 0.2), nuc_density=spec.nuc_density * 0.55,
                        chromatin_contrast=0.1, cyto_density=spec.cyto_density * 0.45, granules={}), 0.0
-    return spec, 0.0
+    if how == "naked":         # a bare nucleus: the cytoplasm is gone
+        return replace(spec, nucleus_fraction=0.92, nuc_offset=0.0, cyto_density=0.05, granules={},
+                       diameter=spec.diameter * rng.uniform(0.55, 0.75), nuc_wobble=0.15), rng.uniform(0, 1.0)
+    if how == "smudged":       # squashed, streaky nuclear material
+        return replace(spec, smudge=True, nuc_density=rng.uniform(0.4, 0.7), wobble=0.18), rng.uniform(0, 1.0)
+    return spec, rng.uniform(0.0, 1.5)
 
 
 def cell_rng(seed: int, abbr: str, n: int) -> np.random.Generator:
