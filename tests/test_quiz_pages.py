@@ -1,21 +1,15 @@
 """AppTest of the Quiz and Teacher pages on a tiny synthetic data set and a tiny two-fold run whose out-of-fold
-predictions are written by hand (every cell right at 0.9, except a contested MMZ and an unsure EOS)."""
+predictions are written by hand (tests/quiz_helpers.py: every cell right at 0.9, except a contested MMZ and an
+unsure EOS)."""
 from __future__ import annotations
 
-import json
-
-import pandas as pd
 import pytest
-import torch
+from quiz_helpers import CONTESTED, make_quiz_setup
 from streamlit.testing.v1 import AppTest
 
 from bmteach import settings
-from bmteach.classes import ABBRS
-from bmteach.data import build_manifest, index, write_manifest
-from bmteach.models import ModelMeta, create_model, save_checkpoint
 from bmteach.storage import REPO_ROOT
 from bmteach.store import open_store
-from bmteach.synth import generate_dataset
 
 TIMEOUT = 60
 QUIZ, TEACHER = (str(REPO_ROOT / p) for p in ("pages/2_Quiz.py", "pages/7_Teacher.py"))
@@ -24,29 +18,7 @@ SECRET = "correct horse"
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("quizapp")
-    data = generate_dataset(root / "data", per_class=3, seed=0, workers=1)
-    run = root / "run"
-    manifest = build_manifest(index(data), k=2, seed=0)
-    run.mkdir()
-    write_manifest(manifest, run / "manifest.csv")
-    torch.manual_seed(0)
-    for fold in (0, 1):
-        meta = ModelMeta(model="sequential", image_size=32, fold=fold, epochs=1, epoch=1, complete=True)
-        save_checkpoint(create_model("sequential", len(ABBRS)), meta, run / f"fold{fold}" / "model.pt")
-    (run / "config.json").write_text(json.dumps({"classes": list(ABBRS), "num_folds": 2}))
-    rows = []
-    for r in manifest.itertuples():
-        pred, conf = r.label, 0.9
-        if r.path.startswith("MMZ/") and r.path.endswith("1.jpg"):
-            pred, conf = "MYB", 0.95   # contested
-        if r.path.startswith("EOS/") and r.path.endswith("1.jpg"):
-            pred, conf = "BAS", 0.4    # unsure and wrong: beat the model
-        probs = {f"prob_{a}": (1 - conf) / 20 for a in ABBRS}
-        probs[f"prob_{pred}"] = conf
-        rows.append({"path": r.path, "true": r.label, "pred": pred, "fold": int(r.fold), **probs})
-    pd.DataFrame(rows).to_csv(run / "oof.csv", index=False)
-    return data, run
+    return make_quiz_setup(tmp_path_factory.mktemp("quizapp"))
 
 
 @pytest.fixture
@@ -169,7 +141,7 @@ def test_the_teacher_page_with_the_secret(env, monkeypatch):
     at.button(key="FormSubmitter:teacher_exam_form-Create the exam").click().run()
     exams = env.class_exams(code)
     assert len(exams) == 1 and len(exams[0].items) == 2 * 21  # two of the three cells of every class
-    assert "MMZ/0001-0003/MMZ_00001.jpg" not in exams[0].items  # the contested cell is left out
+    assert CONTESTED not in exams[0].items  # the contested cell is left out
     # erase after typing the code
     at.text_input(key="teacher_erase_confirm").input(code).run()
     at.button(key="teacher_erase").click().run()

@@ -1,0 +1,98 @@
+"""The quiz in a real browser: `streamlit run app.py` on 127.0.0.1, Debian's Chromium driven by Playwright. A
+student opens the quiz link (token in the URL), types a class into the picker, answers, and sees the reveal
+(expert, model, Grad-CAM); the answer is in the database once; a reload of the link resumes as the same student.
+Skipped where Chromium or Playwright is not installed (.ci/run installs both)."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from quiz_helpers import make_quiz_setup
+
+from bmteach.storage import REPO_ROOT
+from bmteach.store import Store
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+if not Path(CHROMIUM).exists():
+    pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def quiz_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quizbrowser")
+    data, run = make_quiz_setup(root)
+    db_url = f"sqlite:///{root / 'quiz.sqlite'}"
+    port = _free_port()
+    env = {**os.environ, "BMTEACH_DATA": str(data), "BMTEACH_RUN": str(run), "BMTEACH_HOME": str(root / "home"),
+           "BMTEACH_DB_URL": db_url, "OMP_NUM_THREADS": "1"}
+    env.pop("BMTEACH_INSTRUCTOR_SECRET", None)
+    log = open(root / "streamlit.log", "wb")  # noqa: SIM115 - closed in the teardown below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
+         "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none"],
+        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, "streamlit exited early"
+            try:
+                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                assert time.monotonic() < deadline, "streamlit did not become healthy in time"
+                time.sleep(0.5)
+        store = Store(db_url)
+        yield url, store
+        store.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_a_student_answers_in_the_browser_and_sees_the_reveal(quiz_server):
+    url, store = quiz_server
+    ann = store.join(store.create_class("browser"), "ann")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(f"{url}/Quiz?t={ann.token}")
+        page.get_by_text("Answering as").first.wait_for()
+        box = page.get_by_role("combobox", name="Your answer")
+        box.click()
+        page.keyboard.type("Myelocyte")
+        page.keyboard.press("Enter")
+        page.get_by_role("button", name="Answer", exact=True).click()
+        page.get_by_role("button", name="Next item").wait_for()  # the last element of the reveal
+        page.get_by_text("Expert:").first.wait_for()
+        page.get_by_text("Grad-CAM: where the model saw").first.wait_for()
+        stored = store.answers_of(ann.token)
+        assert len(stored) == 1 and stored["chosen"].iloc[0] == "MYB"
+        page.reload()  # a refresh: the URL token brings the same student back
+        page.get_by_text("Answering as").first.wait_for()
+        assert "ann" in page.get_by_text("Answering as").first.inner_text()
+        browser.close()
+    assert len(store.answers_of(ann.token)) == 1
