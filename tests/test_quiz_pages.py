@@ -93,6 +93,22 @@ def test_a_practice_round_commits_then_reveals_and_stores_each_answer_once(env):
     assert "Per class: you and the model" in texts(results)
 
 
+def test_beat_the_model_and_experts_disagree_sets(env):
+    code = env.create_class()
+    ann = env.join(code, "ann")
+    at = page(QUIZ, t=ann.token, m="beat")
+    answer_box(at).select("EOS")  # the only beat-the-model cell: an EOS the model called BAS, unsure
+    submit(at)
+    assert "You beat the model!" in texts(at)
+    next(b for b in at.button if b.label == "Next item").click().run()
+    assert "You have answered every beat-the-model cell." in texts(at)
+    at = page(QUIZ, t=ann.token, m="contested")
+    answer_box(at).select("MYB")  # the contested MMZ: the model says MYB at 95%
+    submit(at)
+    assert "confidently disagrees" in texts(at) and "near miss" in texts(at)
+    assert sorted(env.answers_of(ann.token)["mode"]) == ["beat", "contested"]
+
+
 def test_an_exam_gives_feedback_only_at_the_end(env, tiny):
     data, _ = tiny
     code = env.create_class()
