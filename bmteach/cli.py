@@ -165,7 +165,9 @@ def config_from_args(args, root: Path, manifest):
     spec = MODELS[args.model]
     num_folds = int(manifest["fold"].max()) + 1 if args.manifest else args.num_folds
     return TrainConfig(
-        model=args.model, data_root=str(root), image_size=args.image_size or spec.image_size,
+        # "default": the built-in synthetic set, wherever BMTEACH_HOME puts it (no machine's path in a shipped run)
+        model=args.model, data_root="default" if args.data == "default" else str(root),
+        image_size=args.image_size or spec.image_size,
         num_folds=num_folds, folds=parse_folds(args.folds, num_folds), epochs=args.epochs,
         per_class=args.per_class, batch_size=args.batch_size or spec.batch_size, lr=args.lr or spec.lr,
         seed=args.seed, finetune=args.finetune, pretrained=args.pretrained,
@@ -346,17 +348,20 @@ def _describe_error(exc: Exception) -> str:
     return f"could not read this file as an image ({type(exc).__name__}: {exc})."
 
 
-def _result_line(path: str, probs, classes: list[str], as_json: bool) -> str:
+def _result_line(path: str, probs, classes: list[str], as_json: bool, ood=(None, None)) -> str:
     import numpy as np
 
     from bmteach.classes import class_name
 
     order = np.argsort(-probs, kind="stable")
-    if as_json:
+    score, flagged = ood
+    if as_json:   # ood_score: higher = more unusual; ood: flagged (null: the run has no score)
         return json.dumps({"path": path, "pred": classes[order[0]],
-                           "probs": {c: round(float(p), 6) for c, p in zip(classes, probs)}})
+                           "probs": {c: round(float(p), 6) for c, p in zip(classes, probs)},
+                           "ood_score": None if score is None else round(float(score), 4),
+                           "ood": None if flagged is None else bool(flagged)})
     top = " | ".join(f"{classes[i]} {class_name(classes[i])} {probs[i]:.3f}" for i in order[:3])
-    return f"{path}: {top}"
+    return f"{path}: {top}" + (" | unlike the training cells: a guess" if flagged else "")
 
 
 def _print_error(path: str, message: str, as_json: bool) -> None:
@@ -366,7 +371,7 @@ def _print_error(path: str, message: str, as_json: bool) -> None:
         print(f"{path}: error: {message}", file=sys.stderr, flush=True)
 
 
-def _predict_chunk(predictor, paths: list[str], as_json: bool) -> int:
+def _predict_chunk(predictor, paths: list[str], as_json: bool, ood_model=None) -> int:
     """Load, predict and print one chunk of paths in input order; returns how many failed."""
     from bmteach.images import load_image
 
@@ -378,11 +383,16 @@ def _predict_chunk(predictor, paths: list[str], as_json: bool) -> int:
             errors[i] = _describe_error(exc)
     probs = predictor.predict_proba([loaded[i] for i in sorted(loaded)])
     row_of = {i: r for r, i in enumerate(sorted(loaded))}
+    scores = flags = [None] * len(row_of)
+    if ood_model is not None and loaded:
+        from bmteach.ood import score_images
+        scores, flags = score_images(predictor, ood_model, [loaded[i] for i in sorted(loaded)])
     for i, path in enumerate(paths):
         if i in errors:
             _print_error(path, errors[i], as_json)
         else:
-            print(_result_line(path, probs[row_of[i]], predictor.classes, as_json), flush=True)
+            r = row_of[i]
+            print(_result_line(path, probs[r], predictor.classes, as_json, (scores[r], flags[r])), flush=True)
     return len(errors)
 
 
@@ -390,14 +400,35 @@ def cli_predict(args) -> int:
     """python -m bmteach predict --run RUN|--checkpoint FILE [--json] IMAGE...: exit 1 when any image failed."""
     from bmteach.infer import BATCH_SIZE, Predictor
 
+    ood_model = None
     if args.run:
+        from bmteach import ood
+
         predictor = Predictor.from_run(args.run, device=args.device)
+        ood_model = ood.load(args.run)
+        if ood_model is None:
+            note(f"{args.run} has no out-of-distribution score yet: `python -m bmteach ood {args.run}` fits it "
+                 "(ood_score and ood are null until then).")
     else:
         predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
     failed = 0
     for start in range(0, len(args.images), BATCH_SIZE):
-        failed += _predict_chunk(predictor, args.images[start:start + BATCH_SIZE], args.json)
+        failed += _predict_chunk(predictor, args.images[start:start + BATCH_SIZE], args.json, ood_model)
     return 1 if failed else 0
+
+
+def cli_ood(args) -> int:
+    """python -m bmteach ood RUN [--data DIR]: fit, calibrate and store the out-of-distribution score."""
+    from bmteach import ood, runs
+
+    model = ood.fit_run(args.run, args.data, max_fit_per_class=args.max_per_class, seed=args.seed,
+                        device=args.device, progress=lambda stage: note(stage))
+    info = model.info
+    print(f"Wrote {Path(args.run) / runs.OOD}: fold-{model.fold} model, {info['fit_images']} training images, "
+          f"threshold {model.threshold:.4g} ({1 - info['quantile']:.0%} of {info['calibration_images']} held-out "
+          f"images flagged by construction; {info['check_flagged_share']:.1%} of the other "
+          f"{info['check_images']} held-out images flagged), {info['seconds']} s.")
+    return 0
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -528,6 +559,16 @@ def _add_predict(sub):
     p.set_defaults(handler=cli_predict)
 
 
+def _add_ood(sub):
+    p = sub.add_parser("ood", help="fit the out-of-distribution score of a run (stored beside it)")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", help="data folder the manifest is relative to (default: the run's, else built-in)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--max-per-class", type=int, default=200, help="training images per class used to fit")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=cli_ood)
+
+
 def _add_features(sub):
     p = sub.add_parser("features", help="penultimate features of a run's images, each from its held-out fold model")
     p.add_argument("run", help="run folder")
@@ -554,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bmteach", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_index, _add_metrics, _add_synth, _add_train, _add_evaluate, _add_evaluate_external,
-                _add_predict, _add_features, _add_embed):
+                _add_predict, _add_ood, _add_features, _add_embed):
         add(sub)
     return parser
 

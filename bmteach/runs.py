@@ -49,6 +49,7 @@ LAST = "last.pt"               # fold<k>/last.pt: resume state after every epoch
 PROGRESS = "progress.jsonl"
 LOCK_NAME = ".lock"
 LOG_NAME = "train.log"
+OOD = "ood.json"               # the out-of-distribution score fitted on the run's features (bmteach.ood)
 LOCK, LOG = LOCK_NAME, LOG_NAME
 # A child started by `train --parallel-folds` may write into the run its parent has locked.
 PARENT_LOCK_ENV = "BMTEACH_LOCK_PARENT"

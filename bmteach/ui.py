@@ -196,9 +196,47 @@ def render_sidebar(active: Active) -> None:
         st.caption(f"{active.run.path.name} · {SOURCES[active.run.source].format(cfg.RUN_ENV)}")
         if active.run_error:
             st.warning(active.run_error)
+        else:
+            learnt = trained_on(active)
+            st.caption(f"Trained on {learnt.sentence}.")
+            if learnt.synthetic and active.data_error is None and not active.synthetic:
+                st.warning(SYNTHETIC_ON_REAL)
 
 
 SOURCES = {"env": "set by {}", "setting": "instructor setting", "default": "default"}
+SYNTHETIC_ON_REAL = ("This model learnt from synthetic cells only: on real cells (this data set, an upload) its "
+                     "answers are unreliable guesses.")
+
+
+def trained_on(active: Active):
+    """What the active run was trained on (ood.TrainedOn: synthetic or real, how many), cached per run stamp."""
+    return _trained_on(active.run_dir, run_stamp(active.run_dir))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _trained_on(run_dir: str, stamp: tuple):
+    from bmteach.ood import trained_on as learnt
+    return learnt(run_dir)
+
+
+def ood_check(active: Active, image_bytes: bytes):
+    """(score, flagged, warning sentence) of one image under the active run's out-of-distribution score, or None
+    when the run has none (`python -m bmteach ood RUN` fits it)."""
+    from bmteach.runs import OOD
+    path = Path(active.run_dir) / OOD
+    stamp = path.stat().st_mtime_ns if path.is_file() else None
+    return _ood_check(active.run_dir, run_stamp(active.run_dir), stamp, image_bytes) if stamp else None
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _ood_check(run_dir: str, stamp: tuple, ood_stamp, image_bytes: bytes):
+    from bmteach import ood
+    model = ood.load(run_dir)
+    if model is None:
+        return None
+    with torch_lock():
+        scores, flags = ood.score_images(_predictor(run_dir, stamp), model, [decode_image(image_bytes)])
+    return float(scores[0]), bool(flags[0]), ood.warning(run_dir)
 
 
 def _data_label(active: Active) -> str:

@@ -112,6 +112,15 @@ except UserError as exc:
 if min(image.size) < MIN_SIDE:
     st.warning(f"This image is only {image.size[0]}x{image.size[1]} px: too small to judge. The model sees "
                "128-250 px patches of one cell, so its answer below is a guess on a blown-up blur.")
+# An upload, or an image outside the run's own data set: say when it is unlike what the model learnt from.
+learnt = ui.trained_on(active)
+if relpath is None or explained.fold is None or (learnt.synthetic and not active.synthetic):
+    checked = ui.ood_check(active, image_bytes)
+    if checked is not None and checked[1]:
+        st.warning(f"{checked[2]} (unusualness score {checked[0]:.2f}: higher than 95% of the held-out cells of "
+                   "the model's own data set)")
+    if learnt.synthetic and (relpath is None or not active.synthetic):
+        st.info(ui.SYNTHETIC_ON_REAL)
 
 # --- what the model says ----------------------------------------------------------------------------------
 probs = explained.probs()
