@@ -14,6 +14,7 @@ from bmteach import explore, runs, settings
 from bmteach.classes import class_name
 from bmteach.embed import cached_run_embedding
 from bmteach.storage import DEMO_RUN, REPO_ROOT, default_data_dir
+from bmteach.synth import ensure_default_dataset
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 500  # the first run computes the map; 2 shared cores can be very busy
@@ -41,7 +42,9 @@ def image_captions(at: AppTest) -> list[str]:
 
 @pytest.fixture(scope="module")
 def demo_map():
-    """Open the page once (computes the map on first use), then read back what it drew from."""
+    """Open the page once (computes the map on first use), then read back what it drew from. The built-in data
+    set is generated first: the pages generate it in a background thread and show its progress instead."""
+    ensure_default_dataset()
     at = AppTest.from_file(FEATURE_MAP, default_timeout=TIMEOUT)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
