@@ -59,6 +59,11 @@ def postgres_url():
 def default_data() -> Path:
     """The built-in synthetic data set, generated once per test session into the session's BMTEACH_HOME (about a
     minute on 2 cores); tests that need the real defaults share it."""
-    from bmteach.synth import ensure_default_dataset
+    from bmteach.launch import generate_default_data
+    from bmteach.storage import default_data_dir
 
-    return Path(ensure_default_dataset())
+    # In a child process, as the app does: synth's spawn pool re-runs __main__, which after an AppTest run in
+    # this process is a page script.
+    error = generate_default_data(lambda done, total: None)
+    assert error is None, error
+    return default_data_dir()
