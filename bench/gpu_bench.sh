@@ -20,99 +20,22 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 "$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, \
 'cuda', torch.version.cuda, 'cpus', __import__('os').cpu_count())"
 
-"$PY" - <<'PYEOF'
-import os, sys, time
-from pathlib import Path
+# The measurements live in bench/gpu_rates.py (a file: the DataLoader's and the generator's worker processes
+# re-import the main module, which an inline stdin script cannot offer).
+for args in "--batch 128 --fp32" "--batch 64" "--batch 128"; do
+  # shellcheck disable=SC2086
+  "$PY" bench/gpu_rates.py network $args
+done
+if [ -n "${BENCH_COMPILE:-}" ]; then "$PY" bench/gpu_rates.py network --batch 256 --compile; fi
+GPU_RATE=$("$PY" bench/gpu_rates.py network --batch 256 | tee /dev/stderr | sed -E 's/.*: ([0-9,]+) images.*/\1/; s/,//g')
 
-import torch
+# --- the data pipeline: synthetic cells written as JPEGs, loaded and augmented by the training DataLoader ---
+"$PY" -m bmteach synth --out "$WORK/cells" --per-class 16 --seed 0
+LOAD_RATE=$("$PY" bench/gpu_rates.py loader --data "$WORK/cells" --batch 128 | tee /dev/stderr \
+  | sed -E 's/.*: ([0-9,]+) images.*/\1/; s/,//g')
 
-sys.path.insert(0, os.getcwd())
-from bmteach.models import create_model
-
-assert torch.cuda.is_available(), "no CUDA device: this script measures a GPU"
-dev = torch.device("cuda")
-torch.backends.cudnn.benchmark = True
-torch.backends.cuda.matmul.allow_tf32 = True
-torch.backends.cudnn.allow_tf32 = True
-SIZE, STEPS, WARMUP = 250, 30, 8
-results = {}
-
-
-def bench(batch, amp, compile_=False):
-    torch.manual_seed(0)
-    model = create_model("resnext50", 21).to(dev, memory_format=torch.channels_last).train()
-    net = torch.compile(model) if compile_ else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.randn(batch, 3, SIZE, SIZE, device=dev).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 21, (batch,), device=dev)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    for i in range(WARMUP + STEPS):
-        if i == WARMUP:
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            loss = loss_fn(net(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    torch.cuda.synchronize()
-    rate = STEPS * batch / (time.perf_counter() - start)
-    mem = torch.cuda.max_memory_allocated() / 2**30
-    torch.cuda.reset_peak_memory_stats()
-    del model, net, opt, x, y
-    torch.cuda.empty_cache()
-    return rate, mem
-
-
-configs = [(128, False, False), (64, True, False), (128, True, False), (256, True, False)]
-if os.environ.get("BENCH_COMPILE"):
-    configs.append((256, True, True))
-for batch, amp, comp in configs:
-    rate, mem = bench(batch, amp, comp)
-    label = f"batch {batch}, {'bf16 autocast' if amp else 'fp32 (tf32)'}{', torch.compile' if comp else ''}"
-    results[label] = rate
-    print(f"ResNeXt-50 {SIZE}px train, channels_last, {label}: {rate:,.0f} images/s (peak {mem:.1f} GiB)")
-gpu_rate = max(r for k, r in results.items() if "bf16" in k)
-
-# --- the data pipeline: synthetic cells written as JPEGs, loaded and augmented by the training DataLoader ----
-from bmteach.augment import BalancedSampler, train_transform
-from bmteach.models import DATASET_MEAN, DATASET_STD
-from bmteach.synth import generate_dataset
-from bmteach.train import CellImages, SeededSampler, default_workers, make_loader
-
-work = Path(os.environ["BENCH_WORK"])
-t0 = time.perf_counter()
-generate_dataset(work / "cells", per_class=16, seed=0)
-print(f"generated {21 * 16} synthetic cells in {time.perf_counter() - t0:.0f} s")
-paths = sorted(p.relative_to(work / "cells").as_posix() for p in (work / "cells").rglob("*.jpg")
-               if not p.relative_to(work / "cells").as_posix().startswith("masks/"))
-labels = [p.split("/")[0] for p in paths]
-classes = sorted(set(labels))
-ds = CellImages(work / "cells", paths, labels, train_transform(SIZE, DATASET_MEAN, DATASET_STD), classes)
-workers = default_workers(dev)
-sampler = SeededSampler(BalancedSampler(ds.targets, per_class=200, seed=0), seed=0, fold=0)
-loader = make_loader(ds, sampler, 128, dev, workers)
-n, start = 0, None
-for i, (x, y) in enumerate(loader):
-    x = x.to(dev, non_blocking=True)
-    if i == 3:
-        start, n = time.perf_counter(), 0   # after the workers' start-up
-    n += len(y)
-torch.cuda.synchronize()
-load_rate = n / (time.perf_counter() - start)
-print(f"DataLoader, {workers} workers: JPEG decode + paper augmentation at {SIZE}px: {load_rate:,.0f} images/s")
-
-# --- the projection -------------------------------------------------------------------------------------------
-folds, epochs, per_epoch = 5, 13, 21 * 25_000
-train_images = folds * epochs * per_epoch
-predict_images = 171_374                      # each image predicted once, by the fold that held it out
-rate = min(gpu_rate, load_rate)
-hours = (train_images / rate + predict_images / (3 * gpu_rate)) / 3600
-print(f"paper protocol: {folds} folds x {epochs} epochs x {per_epoch:,} images = {train_images:,} training images")
-print(f"projected on this machine: {hours:.1f} h at {rate:,.0f} images/s "
-      f"({'data loading' if load_rate < gpu_rate else 'GPU'} bound; GPU alone {gpu_rate:,.0f}, loader {load_rate:,.0f})")
-print(f"paper: ~48 h of V100 time -> {48 / hours:.1f}x faster; target under 8 h: {'met' if hours < 8 else 'NOT met'}")
-PYEOF
+# --- the projection: the paper protocol at min(GPU, loader) ---
+"$PY" bench/gpu_rates.py project --gpu "$GPU_RATE" --loader "$LOAD_RATE"
 
 echo "--- smoke test: the train command on CUDA (ResNeXt-50, AMP, channels_last, workers) ---"
 "$PY" -m bmteach train --data "$WORK/cells" --model resnext50 --num-folds 5 --folds 0 --epochs 1 --per-class 32 \

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# One short GPU check (about 4-6 minutes on one H100/H200, under 8): where the real `train` command stands
+# against the network's and the data pipeline's own rates, all in images/s (ResNeXt-50, 250 px, bf16 autocast,
+# channels_last).
+#
+#   bash bench/gpu_check.sh                    # prints figures; writes only under a temporary folder
+#   GPU_CHECK_COMPILE=0 bash bench/gpu_check.sh  # skip torch.compile (saves 1-3 minutes)
+#
+# 1. network only, batch 256 (random tensors on the GPU), and the same under torch.compile
+# 2. DataLoader only: JPEG decode + the paper's augmentation + the copy to the GPU, batch 256
+# 3. the real command, `python -m bmteach train --device cuda` on generated synthetic cells (one fold, two
+#    epochs of 21 x 1,000 images): at --batch-size 256 with all workers, and at the default batch (64)
+# 4. the paper protocol projected from the rates
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [ -n "${PYTHON:-}" ]; then PY="$PYTHON"; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+WORK=$(mktemp -d /tmp/bmteach-gpu-check.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+export PYTHONUNBUFFERED=1 BMTEACH_HOME="$WORK/home"
+CPUS=$(nproc)
+WORKERS=$(( CPUS > 2 ? CPUS - 1 : 1 ))
+SECONDS=0
+stamp() { echo "--- [${SECONDS}s] $*"; }
+rate_of() { sed -nE 's/.*: ([0-9,]+) images\/s.*/\1/p' | head -n 1 | tr -d ,; }
+
+stamp "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+"$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, \
+'cuda', torch.version.cuda, 'cuda available', torch.cuda.is_available(), 'cpus', __import__('os').cpu_count())"
+
+stamp "1. network only"
+NET=$(timeout 180 "$PY" bench/gpu_rates.py network --batch 256 | tee /dev/stderr | rate_of)
+if [ "${GPU_CHECK_COMPILE:-1}" != "0" ]; then
+  timeout 300 "$PY" bench/gpu_rates.py network --batch 256 --compile || echo "torch.compile: failed or over 300 s"
+fi
+
+stamp "synthetic cells: 21 x 60 images"
+timeout 180 "$PY" -m bmteach synth --out "$WORK/cells" --per-class 60 --seed 0 | tail -n 1
+
+stamp "2. DataLoader only ($WORKERS workers)"
+LOAD=$(timeout 180 "$PY" bench/gpu_rates.py loader --data "$WORK/cells" --batch 256 --workers "$WORKERS" \
+  | tee /dev/stderr | rate_of)
+
+train() {  # name, then extra train arguments
+  local name=$1; shift
+  timeout 240 "$PY" -m bmteach train --data "$WORK/cells" --model resnext50 --num-folds 5 --folds 0 --epochs 2 \
+    --per-class 1000 --device cuda --out "$WORK/$name" "$@" 2>&1 | grep -vE '^\s*$' | tail -n 3
+  "$PY" bench/gpu_rates.py train-rate "$WORK/$name"
+}
+stamp "3a. train command, --batch-size 256 --workers $WORKERS"
+TRAIN=$(train run256 --batch-size 256 --workers "$WORKERS" | tee /dev/stderr | rate_of)
+stamp "3b. train command, default batch (64) and workers"
+train run64
+
+stamp "4. summary"
+echo "network only ${NET:-?} images/s; DataLoader only ${LOAD:-?} images/s; train command (batch 256) ${TRAIN:-?} images/s"
+if [ -n "${NET:-}" ] && [ -n "${TRAIN:-}" ]; then
+  "$PY" -c "import sys; n, t = map(float, sys.argv[1:]); print(f'train command at {100 * t / n:.0f}% of the network-only rate')" "$NET" "$TRAIN"
+fi
+if [ -n "${NET:-}" ] && [ -n "${LOAD:-}" ]; then "$PY" bench/gpu_rates.py project --gpu "$NET" --loader "$LOAD"; fi
+stamp "done"

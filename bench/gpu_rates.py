@@ -1,0 +1,168 @@
+"""Training rates in images/s, one measurement per call (bench/gpu_bench.sh and bench/gpu_check.sh run these).
+
+    python bench/gpu_rates.py network [--batch 256] [--size 250] [--fp32] [--compile] [--device cuda]
+        ResNeXt-50 forward + backward + AdamW on random tensors already on the device (the network alone)
+    python bench/gpu_rates.py loader --data DIR [--batch 256] [--size 250] [--workers N] [--device cuda]
+        the training DataLoader alone: JPEG decode + the paper's augmentation + the host-to-device copy
+    python bench/gpu_rates.py train-rate RUN
+        the rate a finished `python -m bmteach train` reached, from its fold's progress records (startup,
+        checkpoints and prediction left out; the whole fold's rate beside it)
+    python bench/gpu_rates.py project --gpu RATE --loader RATE
+        the paper protocol's duration at min(GPU, loader)
+
+A file, not an inline script: the DataLoader's worker processes (and the synthetic generator's pool) re-import
+the main module, which an inline `python - <<EOF` script cannot offer. Prints figures; writes nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def network(batch: int, size: int, amp: bool, compile_: bool, device: str, steps: int = 30, warmup: int = 8) -> None:
+    import torch
+
+    from bmteach.models import create_model
+
+    dev = torch.device(device)
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(0)
+    model = create_model("resnext50", 21).to(dev, memory_format=torch.channels_last).train()
+    net = torch.compile(model) if compile_ else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, 3, size, size, device=dev).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 21, (batch,), device=dev)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    started = time.perf_counter()
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(dev)
+            compiled_in, start = time.perf_counter() - started, time.perf_counter()
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            loss = loss_fn(net(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    _sync(dev)
+    rate = steps * batch / (time.perf_counter() - start)
+    mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else 0.0
+    label = f"batch {batch}, {'bf16 autocast' if amp else 'fp32 (tf32)'}, channels_last" + \
+            (f", torch.compile (warm-up incl. compilation {compiled_in:.0f} s)" if compile_ else "")
+    print(f"network only: ResNeXt-50 {size}px train step, {label}: {rate:,.0f} images/s (peak {mem:.1f} GiB)")
+
+
+def _sync(dev) -> None:
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def loader(data: Path, batch: int, size: int, workers: int | None, device: str, batches: int = 60) -> None:
+    import torch
+
+    from bmteach.augment import BalancedSampler, train_transform
+    from bmteach.data import index
+    from bmteach.models import DATASET_MEAN, DATASET_STD
+    from bmteach.train import CellImages, SeededSampler, default_workers, make_loader
+
+    dev = torch.device(device)
+    found = index(data)
+    data = found.class_root or data
+    paths = [path for path, _ in found.items]
+    labels = [label for _, label in found.items]
+    classes = sorted(set(labels))
+    ds = CellImages(data, paths, labels, train_transform(size, DATASET_MEAN, DATASET_STD), classes)
+    workers = default_workers(dev) if workers is None else workers
+    per_class = -(-batch * batches // len(classes))
+    sampler = SeededSampler(BalancedSampler(ds.targets, per_class=per_class, seed=0), seed=0, fold=0)
+    data_loader = make_loader(ds, sampler, batch, dev, workers)
+    n, start = 0, None
+    for i, (x, y) in enumerate(data_loader):
+        x = x.to(dev, non_blocking=True, memory_format=torch.channels_last)
+        if i == 3:
+            _sync(dev)
+            start, n = time.perf_counter(), 0   # after the workers' start-up
+        n += len(y)
+    _sync(dev)
+    rate = n / (time.perf_counter() - start)
+    print(f"DataLoader only, {workers} workers, batch {batch}: JPEG decode + paper augmentation at {size}px + "
+          f"copy to {dev.type}: {rate:,.0f} images/s")
+
+
+def train_rate(run: Path) -> None:
+    config = json.loads((run / "config.json").read_text())
+    batch = int(config["batch_size"])
+    for fold_dir in sorted(run.glob("fold*")):
+        records = [json.loads(line) for line in (fold_dir / "progress.jsonl").read_text().splitlines() if line]
+        records = [r for r in records if r.get("phase") != "done"]
+        if len(records) < 2:
+            print(f"{run.name}/{fold_dir.name}: too few progress records for a rate")
+            continue
+
+        def images(r):
+            return ((r["epoch"] - 1) * r["steps_per_epoch"] + r["step"]) * batch
+
+        last_epoch = [r for r in records if r["epoch"] == records[-1]["epoch"]]
+        within = last_epoch if len(last_epoch) >= 2 else records
+        rate = (images(within[-1]) - images(within[0])) / (within[-1]["time"] - within[0]["time"])
+        whole = (images(records[-1]) - images(records[0])) / (records[-1]["time"] - records[0]["time"])
+        print(f"train command ({run.name}, {fold_dir.name}, batch {batch}): {rate:,.0f} images/s within its last "
+              f"epoch; {whole:,.0f} images/s from the first to the last progress record (epoch checkpoints included)")
+
+
+def project(gpu: float, load: float) -> None:
+    folds, epochs, per_epoch = 5, 13, 21 * 25_000
+    train_images = folds * epochs * per_epoch
+    predict_images = 171_374                      # each image predicted once, by the fold that held it out
+    rate = min(gpu, load)
+    hours = (train_images / rate + predict_images / (3 * gpu)) / 3600
+    print(f"paper protocol: {folds} folds x {epochs} epochs x {per_epoch:,} images = {train_images:,} training images")
+    print(f"projected: {hours:.1f} h at {rate:,.0f} images/s ({'data loading' if load < gpu else 'GPU'} bound)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("network")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--size", type=int, default=250)
+    p.add_argument("--fp32", action="store_true")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--device", default="cuda")
+    p = sub.add_parser("loader")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--size", type=int, default=250)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--batches", type=int, default=60)
+    p = sub.add_parser("train-rate")
+    p.add_argument("run", type=Path)
+    p = sub.add_parser("project")
+    p.add_argument("--gpu", type=float, required=True)
+    p.add_argument("--loader", type=float, required=True)
+    args = parser.parse_args()
+    if args.what == "network":
+        network(args.batch, args.size, not args.fp32, args.compile, args.device)
+    elif args.what == "loader":
+        loader(args.data, args.batch, args.size, args.workers, args.device, args.batches)
+    elif args.what == "train-rate":
+        train_rate(args.run)
+    else:
+        project(args.gpu, args.loader)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
