@@ -38,7 +38,7 @@ def network(batch: int, size: int, amp: bool, compile_: bool, device: str, steps
     torch.manual_seed(0)
     model = create_model("resnext50", 21).to(dev, memory_format=torch.channels_last).train()
     net = torch.compile(model) if compile_ else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True if dev.type == "cuda" else None)  # as train.py
     x = torch.randn(batch, 3, size, size, device=dev).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 21, (batch,), device=dev)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -55,7 +55,7 @@ def network(batch: int, size: int, amp: bool, compile_: bool, device: str, steps
     _sync(dev)
     rate = steps * batch / (time.perf_counter() - start)
     mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else 0.0
-    label = f"batch {batch}, {'bf16 autocast' if amp else 'fp32 (tf32)'}, channels_last" + \
+    label = f"batch {batch}, {'bf16 autocast' if amp else 'fp32 (tf32)'}, channels_last, fused AdamW" + \
             (f", torch.compile (warm-up incl. compilation {compiled_in:.0f} s)" if compile_ else "")
     print(f"network only: ResNeXt-50 {size}px train step, {label}: {rate:,.0f} images/s (peak {mem:.1f} GiB)")
 

@@ -224,6 +224,8 @@ def build_fold_state(cfg: TrainConfig, fold: int, steps_per_epoch: int, device: 
     if cfg.finetune == "head":
         for p in model.body.parameters():
             p.requires_grad_(False)
+    if device.type == "cuda":  # one input size throughout: let cuDNN time its kernels once and keep the fastest
+        torch.backends.cudnn.benchmark = True
     # channels_last: faster convolutions on GPUs with AMP and, measured, on CPU too (28 -> 37 images/s)
     model = model.to(device, memory_format=torch.channels_last)
     net: nn.Module = model
@@ -231,7 +233,10 @@ def build_fold_state(cfg: TrainConfig, fold: int, steps_per_epoch: int, device: 
         ids = [device.index] if device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused AdamW on CUDA: one kernel for all parameters instead of a launch per tensor group (CPU keeps the default,
+    # so CPU runs stay bit-identical to the shipped ones)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=True if device.type == "cuda" else None)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, pct_start=0.2,
                                                     total_steps=max(1, cfg.epochs * steps_per_epoch))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype(device) == torch.float16)
