@@ -50,10 +50,11 @@ def child(n: int, seed: int) -> dict:
     t0 = time.perf_counter()
     reduce_pca(x, 50, seed)
     pca = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     coords = embed_features(x, EmbedParams(seed=seed))
-    total = time.perf_counter() - t0
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"n": n, "warmup_s": round(warmup, 1), "pca_s": round(pca, 1), "pca_umap_s": round(total, 1),
+            "pca_umap_cpu_s": round(cpu, 1), "load": round(os.getloadavg()[0], 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "rss_after_warmup_mb": round(rss_before), "features_mb": round(x.nbytes / 2**20),
             "finite": bool(abs(coords).max() < 1e6)}
@@ -76,7 +77,8 @@ def main() -> None:
             print(f"n={n:,}: failed: {done.stderr.strip().splitlines()[-1:]}")
             continue
         r = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"n={r['n']:>7,}  PCA {r['pca_s']:6.1f} s  PCA+UMAP {r['pca_umap_s']:7.1f} s  peak RSS "
+        print(f"n={r['n']:>7,}  PCA {r['pca_s']:6.1f} s  PCA+UMAP {r['pca_umap_s']:7.1f} s wall, "
+              f"{r['pca_umap_cpu_s']:7.1f} s CPU (load {r['load']})  peak RSS "
               f"{r['peak_rss_mb']:6,} MB (features {r['features_mb']:,} MB float16; JIT warm-up {r['warmup_s']} s)",
               flush=True)
 
