@@ -107,7 +107,7 @@ def launch_form() -> None:
                        else f"{out.name} is starting.")
 
 
-with st.expander("Launch a run", expanded=not runs.list_runs()):
+with st.expander("Launch a run", expanded=not any(runs_dir().glob(f"*/{runs.CONFIG}"))):
     launch_form()
 
 
@@ -115,10 +115,12 @@ with st.expander("Launch a run", expanded=not runs.list_runs()):
 
 def known_run_dirs() -> list[Path]:
     """Runs of this app, newest first, and queued runs not prepared yet."""
-    found = [r.path for r in runs.list_runs()]
+    root = runs_dir().resolve()
+    folders = [p for p in root.iterdir() if p.is_dir() and (p / runs.CONFIG).is_file()]
+    found = sorted(folders, key=lambda p: (p / runs.CONFIG).stat().st_mtime, reverse=True)
     for job in jobs.jobs():
         path = Path(job.run)
-        if path not in found and path.parent == runs_dir().resolve():
+        if path not in found and path.parent == root:
             found.append(path)
     return found
 
@@ -155,8 +157,12 @@ def live_view(run_dir: Path) -> None:
             st.error(str(exc))
         else:
             st.info("Resuming from the last checkpoints (queued behind any run in progress).")
-    if (run_dir / runs.CONFIG).is_file():
-        run = runs.open_run(run_dir)
+    try:
+        run = runs.open_run(run_dir) if (run_dir / runs.CONFIG).is_file() else None
+    except UserError as exc:  # a damaged config.json: say so, keep the log below
+        st.error(str(exc))
+        run = None
+    if run is not None:
         fold_grid(run, state)
         progress = runs.read_progress(run)
         if not progress.empty:
@@ -200,7 +206,11 @@ if initial.state != "finished":
 
 # --- results of a finished run -----------------------------------------------------------------------------
 
-run = runs.open_run(run_dir)
+try:
+    run = runs.open_run(run_dir)
+except UserError as exc:
+    st.error(str(exc))
+    st.stop()
 metrics = run.metrics()
 st.header("Results")
 if not metrics:
