@@ -33,9 +33,10 @@ STOP_TIMEOUT_S = 120.0     # a stop not honoured this long after it was asked be
 POLL_S = 0.5
 
 
-def queue_dir() -> Path:
+def queue_dir(create: bool = True) -> Path:
     path = home() / "queue"
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -68,8 +69,14 @@ def _read_job(path: Path) -> Job | None:
 
 
 def jobs() -> list[Job]:
-    """Every job in the queue, oldest first (started ones included)."""
-    found = [_read_job(p) for p in sorted(queue_dir().glob("*.json"))]
+    """Every job in the queue, oldest first (started ones included). Reading creates nothing: a read-only or
+    missing BMTEACH_HOME simply has no queue."""
+    try:
+        folder = queue_dir(create=False)
+        paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    except (UserError, OSError):
+        return []
+    found = [_read_job(p) for p in paths]
     return [j for j in found if j is not None]
 
 

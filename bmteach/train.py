@@ -354,6 +354,8 @@ def train_one_epoch(state: FoldState, loader: DataLoader, device: torch.device, 
         if step % log_every == 0 or step == log.steps or stop:
             total, correct = sums.tolist()  # the one host sync, at log points only
             state.sums = [total, correct, seen]
+            if device.type == "cuda":  # device use, for the Training page
+                runs.set_heartbeat_info(gpu_memory_gib=round(torch.cuda.max_memory_allocated(device) / 2**30, 1))
             if bar is not None:
                 bar.set_postfix(loss=f"{total / seen:.3f}", acc=f"{correct / seen:.3f}")
             log.write(epoch + 1, step, total / seen, correct / seen, **({"phase": "stopped"} if stop else {}))

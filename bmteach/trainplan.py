@@ -62,10 +62,38 @@ PRESETS: tuple[Preset, ...] = (
 )
 
 
+def measured_here(model: str, device: str, root: Path | None = None) -> Throughput | None:
+    """The training rate this machine reached in its own runs of this model on this device kind (the median of
+    each fold's last progress record in BMTEACH_HOME/runs), or None when it has trained none."""
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    rates, size, names = [], None, []
+    root = root or runs_dir()
+    for run in sorted(root.iterdir()) if root.is_dir() else []:
+        try:
+            config = read_json(run / runs.CONFIG)
+        except (OSError, ValueError):
+            continue
+        beat = runs.read_heartbeat(run) or {}
+        if config.get("model") != model or not str(beat.get("device", "")).startswith(kind):
+            continue
+        for _, fold in runs.fold_dirs(run):
+            records = [r for r in runs.read_jsonl(fold / runs.PROGRESS) if r.get("phase") != "done"]
+            if records and records[-1].get("images_per_s"):
+                rates.append(float(records[-1]["images_per_s"]))
+                size = int(config.get("image_size") or 0)
+                names.append(run.name)
+    if not rates or not size:
+        return None
+    rates.sort()
+    return Throughput(rates[len(rates) // 2], size, f"this machine ({len(rates)} fold(s) of {names[-1]}, ...)"
+                      if len(set(names)) > 1 else f"this machine (run {names[-1]})")
+
+
 def throughput(model: str, device: str, image_size: int) -> tuple[float, Throughput] | None:
-    """Projected training images/s for this model, device kind and input size, with the measurement behind it;
-    None when nothing was measured for that model and device."""
-    base = THROUGHPUT.get((model, "cuda" if device.startswith("cuda") else "cpu"))
+    """Projected training images/s for this model, device kind and input size, with the measurement behind it:
+    this machine's own runs first, else the table above; None when nothing was measured for that model and
+    device."""
+    base = measured_here(model, device) or THROUGHPUT.get((model, "cuda" if device.startswith("cuda") else "cpu"))
     if base is None:
         return None
     return base.images_per_s * (base.image_size / max(image_size, 1)) ** 2, base

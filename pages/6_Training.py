@@ -172,7 +172,9 @@ def live_view(run_dir: Path) -> None:
             eta = latest.get("eta_s")
             running = state.state == "running" and isinstance(eta, (int, float)) and eta > 0
             b.metric("ETA of this fold", f"{eta / 60:.1f} min" if running else "–")
-            c.metric("Device", (runs.read_heartbeat(run_dir) or {}).get("device", "–"))
+            beat = runs.read_heartbeat(run_dir) or {}
+            memory = f" · {beat['gpu_memory_gib']} GiB" if beat.get("gpu_memory_gib") else ""
+            c.metric("Device", f"{beat.get('device', '–')}{memory}")
             left, right = st.columns(2)
             left.caption("Training loss per fold (x: epochs)")
             left.line_chart(trainplan.curves(progress, "loss"))
