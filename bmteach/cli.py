@@ -435,12 +435,22 @@ def cli_ood(args) -> int:
 # features, embed: the feature map
 # --------------------------------------------------------------------------------------------------------------
 
-def _fraction_bar(label: str):
-    """A progress(done, total, *stage) callback printing one updating line on stderr."""
-    def progress(done, total, *stage) -> None:
+class _FractionBar:
+    """A progress(done, total, *stage) callback printing one updating line on stderr; `end()` closes the line
+    (only when something was printed: a cache hit prints nothing)."""
+
+    def __init__(self, label: str):
+        self.label, self.shown = label, False
+
+    def __call__(self, done, total, *stage) -> None:
         share = done / total if total else 1.0
-        print(f"\r{label}: {share:5.1%} {stage[0] if stage else ''}".rstrip(), end="", file=sys.stderr, flush=True)
-    return progress
+        print(f"\r{self.label}: {share:5.1%} {stage[0] if stage else ''}".rstrip() + "   ", end="",
+              file=sys.stderr, flush=True)
+        self.shown = True
+
+    def end(self) -> None:
+        if self.shown:
+            print(file=sys.stderr)
 
 
 def cli_features(args) -> int:
@@ -448,8 +458,9 @@ def cli_features(args) -> int:
 
     started = time.perf_counter()
     options = ExtractOptions(device=args.device, batch_size=args.batch_size, workers=args.workers)
-    table = run_features(args.run, args.data, progress=_fraction_bar("features"), options=options)
-    print(file=sys.stderr)
+    bar = _FractionBar("features")
+    table = run_features(args.run, args.data, progress=bar, options=options)
+    bar.end()
     n, width = table.features.shape
     print(f"{n:,} x {width} features (float16) of {args.run} in {table.folder} "
           f"({time.perf_counter() - started:.1f} s; extraction {table.meta.get('images_per_s', '?')} images/s "
@@ -465,9 +476,9 @@ def cli_embed(args) -> int:
 
     started = time.perf_counter()
     params = EmbedParams(pca_dims=args.pca_dims, n_neighbors=args.neighbors, min_dist=args.min_dist, seed=args.seed)
-    emb = embed_run(args.run, args.data, params, progress=_fraction_bar("map"),
-                    options=ExtractOptions(device=args.device))
-    print(file=sys.stderr)
+    bar = _FractionBar("map")
+    emb = embed_run(args.run, args.data, params, progress=bar, options=ExtractOptions(device=args.device))
+    bar.end()
     print(f"{len(emb.coords):,} points mapped to 2-d in {emb.path} ({time.perf_counter() - started:.1f} s; "
           f"UMAP {emb.info.get('seconds', '?')} s when computed; parameters in {emb.path.with_suffix('.json').name}).")
     return 0

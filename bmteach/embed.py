@@ -142,3 +142,12 @@ def cached_run_embedding(run_dir: str | Path, data: str | Path | None = None,
 
     table = load_features(run_dir, resolve_data_root(run_dir, data))
     return None if table is None else load_embedding(table, params)
+
+
+def map_is_cached(run_dir: str | Path, data: str | Path | None = None, params: EmbedParams = EmbedParams()) -> bool:
+    """True when features and map of this run and data are on disk (file checks only: cheap on every rerun)."""
+    from bmteach.features import META, cache_folder, resolve_data_root
+
+    folder = cache_folder(run_dir, resolve_data_root(run_dir, data))
+    coords_path, info_path = _files(folder, params)
+    return (folder / META).is_file() and coords_path.is_file() and info_path.is_file()

@@ -7,7 +7,8 @@ BMTEACH_HOME/cache/features/<key>/:
 
     features.npy   (n, F) float16, read back memory-mapped (171,374 x 2048 is 0.7 GB)
     rows.csv       row,path,label,fold: row i of features.npy (row ids are the map's point ids)
-    meta.json      run, data root, stamps, model, feature width, skipped images and why, timings
+    meta.json      run, data root, stamps, model, feature width, skipped images (count and examples per reason),
+                   timings
 
 Decoding and resizing run in DataLoader workers; on CUDA the forward pass uses large batches and bf16 autocast.
 torch is imported inside the functions that compute, so reading a cached table stays light.
@@ -33,8 +34,9 @@ from bmteach.storage import atomic_write_json, cache_dir, read_json
 FEATURES = "features.npy"
 ROWS = "rows.csv"
 META = "meta.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: skipped images as count + examples
 CPU_BATCH, CUDA_BATCH = 64, 512
+SKIPPED_EXAMPLES = 10  # meta.json names this many skipped images per reason (and counts them all)
 
 _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
@@ -282,7 +284,8 @@ def _finish(tmp: Path, out: np.ndarray, rows: pd.DataFrame, ok: np.ndarray, skip
         "model_stamp": [list(s) for s in model_stamp(run_dir)], "data_stamp": list(map(str, data_stamp(root))),
         "model": predictor.meta.model, "image_size": predictor.image_size, "width": width, "count": len(rows),
         "dtype": "float16", "device": str(predictor.device), "folds": predictor.folds,
-        "skipped": {reason: paths for reason, paths in skipped.items()},
+        "skipped": {reason: {"count": len(paths), "examples": paths[:SKIPPED_EXAMPLES]}
+                    for reason, paths in skipped.items()},
         "seconds": round(seconds, 2), "images_per_s": round(len(rows) / max(seconds, 1e-9), 1),
     })
 
@@ -300,5 +303,5 @@ def skipped_summary(table: FeatureTable) -> str | None:
     skipped = table.meta.get("skipped") or {}
     if not skipped:
         return None
-    parts = [f"{len(paths)} ({reason})" for reason, paths in skipped.items()]
+    parts = [f"{entry['count']:,} ({reason}, e.g. {entry['examples'][0]})" for reason, entry in skipped.items()]
     return "Images left out: " + ", ".join(parts) + "."

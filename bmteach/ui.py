@@ -565,8 +565,8 @@ def _feature_map(run_dir: str, stamp: tuple, data_dir: str, _progress=None):
 def feature_map(active: Active, compute: bool = False):
     """The active run's map (bmteach.embed.Embedding): from disk, or, with compute=True, computed now with a
     progress bar (features of every image, then UMAP). None when it is not on disk and compute is False."""
-    from bmteach.embed import cached_run_embedding
-    if not compute and cached_run_embedding(active.run_dir, active.data_dir) is None:
+    from bmteach.embed import map_is_cached
+    if not compute and not map_is_cached(active.run_dir, active.data_dir):
         return None
     bar = _LazyProgress("Computing the feature map once for this run: features of every image, then UMAP...")
     try:

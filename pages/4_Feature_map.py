@@ -53,8 +53,12 @@ by = c1.selectbox("Colour by", explore.COLOUR_BY if has_pred else ("expert class
                   key="fm_colour",
                   help="correct (tolerant) also accepts the confusions the paper tolerates (e.g. a myelocyte "
                        "called a metamyelocyte).")
+# the chart keeps its own selection: clearing it means a fresh chart (a new key), not only forgetting ours
+generation = st.session_state.get("fm_chart_generation", 0)
 if c2.button("Clear selection", key="fm_clear"):
     st.session_state.pop("fm_ids", None)
+    generation = st.session_state["fm_chart_generation"] = generation + 1
+chart_key = "fm_chart" if generation == 0 else f"fm_chart_{generation}"
 
 # --- draw a sample, keep the selection ---------------------------------------------------------------------
 kept = st.session_state.get("fm_ids") or []
@@ -65,7 +69,7 @@ note = "" if len(shown) == len(table) else (
 st.caption(f"Showing {len(shown):,} of {len(table):,} images{note}. Map: UMAP (seed "
            f"{emb.info['params']['seed']}, {emb.info['params']['n_neighbors']} neighbours) after PCA to "
            f"{emb.info['pca_dims_used']} dimensions of {emb.info['feature_width']}-d features.")
-event = st.plotly_chart(explore.map_figure(shown, by), key="fm_chart", on_select="rerun",
+event = st.plotly_chart(explore.map_figure(shown, by), key=chart_key, on_select="rerun",
                         selection_mode=("points", "box", "lasso"))
 ids = explore.selected_ids(event)
 if ids:  # a new selection replaces the kept one; an empty event (a redraw) keeps it
@@ -133,10 +137,11 @@ if not st.session_state.get("fm_region"):
         right.caption("No out-of-fold prediction for this image yet.")
     ft = ui.feature_table(active)
     labels = ft.rows["label"].to_numpy()
+    distances = explore.feature_distances(ft.features, int(row["row"]))  # one pass serves both strips
     neighbour_strip("Nearest cells of the same class (in the network's feature space)",
-                    explore.nearest_neighbours(ft.features, labels, int(row["row"]), k=5, same_class=True))
+                    explore.nearest_neighbours(ft.features, labels, int(row["row"]), 5, True, distances))
     neighbour_strip("Nearest cells of other classes: what the network finds it most alike",
-                    explore.nearest_neighbours(ft.features, labels, int(row["row"]), k=5, same_class=False))
+                    explore.nearest_neighbours(ft.features, labels, int(row["row"]), 5, False, distances))
     st.stop()
 
 # --- a region: gallery, its confusion matrix, send to the quiz ---------------------------------------------

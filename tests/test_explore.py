@@ -134,7 +134,10 @@ def test_nearest_neighbours_in_feature_space():
     labels = ["A", "A", "B", "B", "A"]
     assert [i for i, _ in explore.nearest_neighbours(features, labels, 0, k=2)] == [3, 1]
     assert [i for i, _ in explore.nearest_neighbours(features, labels, 0, k=2, same_class=True)] == [1, 4]
-    assert [i for i, _ in explore.nearest_neighbours(features, labels, 0, k=2, same_class=False, chunk=2)] == [3, 2]
+    assert [i for i, _ in explore.nearest_neighbours(features, labels, 0, k=2, same_class=False)] == [3, 2]
+    d = explore.feature_distances(features, 0, chunk=2)
+    np.testing.assert_allclose(d, [0, 1, 5, 0.5, 10])
+    assert explore.nearest_neighbours(features, labels, 0, k=9, distances=d)[0] == (3, 0.5)
 
 
 def test_cleanlab_flags_a_planted_mislabel():
