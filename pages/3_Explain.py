@@ -24,11 +24,7 @@ counts = ui.require_counts(active)
 if not active.has_run:
     st.warning(active.run_error)
     st.stop()
-try:
-    model = ui.predictor(active)
-except UserError as exc:
-    st.error(str(exc))
-    st.stop()
+model = ui.or_stop(ui.predictor, active)
 classes = model.classes
 
 
@@ -96,7 +92,9 @@ if source == "From the data set":
     relpath = pick_image(abbr)
     if relpath is None:
         st.stop()
-    image_bytes, name, synthetic = ui.read_data_bytes(active.data_dir, relpath), Path(relpath).name, active.synthetic
+    # or_stop: an image deleted or moved since the index was read is one sentence, not a traceback
+    image_bytes = ui.or_stop(ui.read_data_bytes, active.data_dir, relpath)
+    name, synthetic = Path(relpath).name, active.synthetic
 else:
     upload = st.file_uploader("A cell image (JPEG, PNG, TIFF, BMP, ...)", type=None, key="explain_upload")
     if upload is None:
@@ -106,8 +104,8 @@ else:
 try:
     image = ui.decode_image(image_bytes, name)
     explained = ui.explanation(active, image_bytes, relpath)
-except UserError as exc:
-    st.error(str(exc))
+except (UserError, OSError) as exc:
+    st.error(ui.error_sentence(exc))
     st.stop()
 if min(image.size) < MIN_SIDE:
     st.warning(f"This image is only {image.size[0]}x{image.size[1]} px: too small to judge. The model sees "
@@ -147,6 +145,8 @@ with right:
 
 pixels = np.asarray(image)
 LEGEND = colour_bar(240, 12)
+# Maps go to the browser as JPEG: a 250 px overlay is ~15 kB instead of ~150 kB of PNG, which is quicker to
+# encode, send and decode when a whole class loads seven maps per click.
 
 
 def legend() -> None:
@@ -168,8 +168,9 @@ def maps_section() -> None:
     t = classes.index(target)
     cam = explained.gradcam(t)
     g1, g2 = st.columns(2)
-    g1.image(pixels, caption=ui.image_caption(name, synthetic), width="stretch")
-    g2.image(overlay(pixels, cam, alpha), caption=f"Grad-CAM for {class_name(target)}", width="stretch")
+    g1.image(pixels, caption=ui.image_caption(name, synthetic), width="stretch", output_format="JPEG")
+    g2.image(overlay(pixels, cam, alpha), caption=f"Grad-CAM for {class_name(target)}", width="stretch",
+             output_format="JPEG")
     legend()
     if synthetic and relpath is not None:
         mask = ui.cell_mask(active.data_dir, relpath)
@@ -193,7 +194,7 @@ def maps_section() -> None:
     saved = st.session_state.get("explain_sg")
     if saved and saved[0] == sg_key:
         st.image(overlay(pixels, saved[1], alpha), caption=f"SmoothGrad for {class_name(target)} "
-                 f"({samples} samples, noise {noise:.2f})", width=320)
+                 f"({samples} samples, noise {noise:.2f})", width=320, output_format="JPEG")
     else:
         st.caption("SmoothGrad averages the input gradient over noisy copies of the image; it takes a few "
                    "seconds.")
@@ -205,19 +206,22 @@ def maps_section() -> None:
     b = w2.selectbox("B", classes, format_func=ui.class_label, key="explain_b")
     ia, ib = classes.index(a), classes.index(b)
     v1, v2, v3 = st.columns(3)
-    v1.image(overlay(pixels, explained.gradcam(ia), alpha), caption=f"Evidence for {a}", width="stretch")
-    v2.image(overlay(pixels, explained.gradcam(ib), alpha), caption=f"Evidence for {b}", width="stretch")
+    v1.image(overlay(pixels, explained.gradcam(ia), alpha), caption=f"Evidence for {a}", width="stretch",
+             output_format="JPEG")
+    v2.image(overlay(pixels, explained.gradcam(ib), alpha), caption=f"Evidence for {b}", width="stretch",
+             output_format="JPEG")
     if ia != ib:
         v3.image(overlay(pixels, explained.gradcam(ia, versus=ib), alpha), caption=f"For {a} rather than {b}",
-                 width="stretch")
+                 width="stretch", output_format="JPEG")
 
     # --- can this map be trusted? ---------------------------------------------------------------------------
     st.header("Can this map be trusted?")
     if st.toggle("Sanity check: compare with a weight-randomised model", key="explain_sanity"):
         result = explained.sanity(t)
         k1, k2, k3 = st.columns(3)
-        k1.image(overlay(pixels, result.trained, alpha), caption="Trained model", width="stretch")
-        k2.image(overlay(pixels, result.randomized, alpha), caption="Random weights", width="stretch")
+        k1.image(overlay(pixels, result.trained, alpha), caption="Trained model", width="stretch", output_format="JPEG")
+        k2.image(overlay(pixels, result.randomized, alpha), caption="Random weights", width="stretch",
+                 output_format="JPEG")
         k3.metric("Rank correlation", f"{result.correlation:.2f}",
                   help="Below about 0.3 the map depends on what the model learnt; near 1 it mostly shows the "
                        "image.")
