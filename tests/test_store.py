@@ -74,6 +74,25 @@ def test_several_processes_starting_at_once_migrate_once(db_url):
         s.close()
 
 
+def test_separate_processes_starting_at_once_migrate_once(db_url):
+    """Four Python processes open the same empty database at the same moment, as app servers would."""
+    import subprocess
+    import sys
+
+    from bmteach.storage import REPO_ROOT
+
+    code = f"from bmteach.store import Store; Store({db_url!r}).close()"
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in procs if p.wait(timeout=120) != 0]
+    assert not errors, errors[0][-500:]
+    s = Store(db_url)
+    with s.engine.connect() as conn:
+        versions = conn.execute(select(schema_version.c.version)).scalars().all()
+    s.close()
+    assert sorted(versions) == list(range(1, SCHEMA_VERSION + 1))
+
+
 def test_sqlite_runs_in_wal_mode(tmp_path):
     s = Store(f"sqlite:///{tmp_path / 'q.sqlite'}")
     with s.engine.connect() as conn:
