@@ -27,7 +27,7 @@ from sqlalchemy import (Boolean, Column, Float, Integer, MetaData, PrimaryKeyCon
                         UniqueConstraint, create_engine, delete, event, func, select, text, update)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from bmteach.errors import UserError
 from bmteach.storage import home
@@ -477,5 +477,10 @@ def open_store(url: str | None = None) -> Store:
     url = url or database_url()
     with _shared_lock:
         if url not in _shared:
-            _shared[url] = Store(url)
+            try:
+                _shared[url] = Store(url)
+            except (SQLAlchemyError, OSError) as exc:  # a read-only or full disk, an unreachable server
+                where = url.removeprefix("sqlite:///") if url.startswith("sqlite:") else "on its server"
+                reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+                raise UserError(f"The quiz database {where} cannot be opened ({reason}).") from None
         return _shared[url]

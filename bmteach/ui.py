@@ -55,12 +55,24 @@ class Active:
 def setup_page(title: str, icon: str | None = None) -> Active:
     """Every page calls this first: page config, the active data set and run, and the sidebar. The icon comes
     from PAGES (Material icons); `icon` is only a fallback for a page not listed there."""
+    _leave_legacy_navigation()
     listed = next((p.icon for p in PAGES if p.title == title), None)
     st.set_page_config(page_title=f"{title} · {APP_NAME}", page_icon=listed or icon or ":material/biotech:",
                        layout="wide")
     active = resolve_active(title)
     render_sidebar(active)
     return active
+
+
+def _leave_legacy_navigation() -> None:
+    """Until app.py's st.navigation has run once in a server process, Streamlit serves a deep link such as
+    /Explain as an old-style pages/ folder app: the page runs alone under a menu whose first entry is "app",
+    without sections. Switch the process to app.py's navigation and run again (once per process)."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
 
 
 def resolve_active(title: str | None = None) -> Active:
@@ -91,6 +103,8 @@ def error_sentence(exc: BaseException) -> str:
     """The sentence for a person: a UserError already is one; an OSError names its file and the system's reason."""
     if isinstance(exc, UserError):
         return str(exc)
+    if isinstance(exc, FileNotFoundError) and exc.filename is not None:
+        return f"{exc.filename} is not there any more (moved or deleted since the page was opened?)."
     if isinstance(exc, OSError):
         where = f"{exc.filename}" if exc.filename is not None else "A file"
         return f"{where} cannot be read or written ({exc.strerror or type(exc).__name__})."
@@ -306,11 +320,7 @@ def data_counts(active: Active) -> dict[str, int]:
 def require_counts(active: Active) -> dict[str, int]:
     """Images per class of the active data set; stops the page with one sentence when it cannot be indexed."""
     require_data(active)
-    try:
-        return data_counts(active)
-    except UserError as exc:
-        st.error(str(exc))
-        st.stop()
+    return or_stop(data_counts, active)
 
 
 @st.cache_data(max_entries=64)
@@ -346,9 +356,10 @@ def _run_json(run_dir: str, stamp: tuple, name: str) -> dict | None:
     import json
     path = Path(run_dir) / name
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) else None  # a hand-edited list or null is no evaluation either
 
 
 def run_config(active: Active) -> dict | None:
@@ -370,7 +381,10 @@ def _run_manifest_counts(run_dir: str, stamp: tuple) -> dict[str, int] | None:
     path = Path(run_dir) / MANIFEST
     if not path.is_file():
         return None
-    labels = pd.read_csv(path, usecols=["label"], dtype=str)["label"]
+    try:
+        labels = pd.read_csv(path, usecols=["label"], dtype=str)["label"]
+    except (OSError, ValueError, UnicodeDecodeError):  # a damaged manifest: the page shows no run column
+        return None
     return {a: int((labels == a).sum()) for a in ABBRS}
 
 
@@ -530,8 +544,11 @@ def cell_mask(data_dir: str, relpath: str) -> np.ndarray | None:
     path = mask_path(data_dir, relpath)
     if path is None or not Path(path).is_file():
         return None
-    with Image.open(path) as im:
-        return np.asarray(im)
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im)
+    except OSError:  # a damaged or vanished mask: the page simply shows no share inside the cell
+        return None
 
 
 def top_classes(probs: np.ndarray, classes: list[str], k: int = 5) -> list[tuple[str, float]]:

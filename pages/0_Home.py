@@ -41,8 +41,8 @@ run_counts = ui.run_manifest_counts(active) if active.has_run else None
 if active.has_data:
     try:
         counts = ui.data_counts(active)
-    except UserError as exc:
-        st.error(str(exc))
+    except (UserError, OSError) as exc:
+        st.error(ui.error_sentence(exc))
     else:
         st.metric("Images in the active data set", f"{sum(counts.values()):,}",
                   help="Images found by the index; unreadable and junk files are skipped.")

@@ -15,8 +15,8 @@ active = ui.setup_page("Teacher", icon="🧑‍🏫")
 st.title("Teacher: class results")
 if not ui.instructor_guard("teacher"):
     st.stop()
-db = ui.quiz_store()
-pool = ui.quiz_pool(active) if active.has_data and active.has_run else None
+db = ui.or_stop(ui.quiz_store)  # a read-only home or an unreachable database server: one sentence
+pool = ui.or_stop(ui.quiz_pool, active) if active.has_data and active.has_run else None
 
 with st.expander("Create a class"):
     title = st.text_input("Title (optional)", key="teacher_new_title")
