@@ -104,7 +104,7 @@ def train_rate(run: Path) -> None:
     batch = int(config["batch_size"])
     for fold_dir in sorted(run.glob("fold*")):
         records = [json.loads(line) for line in (fold_dir / "progress.jsonl").read_text().splitlines() if line]
-        records = [r for r in records if r.get("phase") != "done"]
+        records = [r for r in records if not r.get("phase")]  # training steps only (not epoch checks, not done)
         if len(records) < 2:
             print(f"{run.name}/{fold_dir.name}: too few progress records for a rate")
             continue

@@ -39,7 +39,8 @@ from bmteach.runs import PARENT_LOCK_ENV, fold_is_complete
 from bmteach.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 # Seed "purposes", so model init, augmentation and sampling draw independent streams.
-_INIT, _AUGMENT, _SAMPLER, _EPOCH = 1, 2, 3, 4
+_INIT, _AUGMENT, _SAMPLER, _EPOCH, _HOLDOUT = 1, 2, 3, 4, 5
+HOLDOUT_CHECK = 1000   # held-out images scored after every epoch for the live curves (display only, chooses nothing)
 
 
 @dataclass
@@ -419,6 +420,7 @@ def train_fold(cfg: TrainConfig, run_dir: Path, root: Path, manifest: pd.DataFra
     sampler = SeededSampler(balanced, cfg.seed, fold)
     loader = make_loader(dataset, sampler, cfg.batch_size, device, workers)
     state = build_fold_state(cfg, fold, len(loader), device, dist)
+    holdout = holdout_loader(cfg, root, val_df, fold, device, workers)
     last_pt = fold_dir / runs.LAST
     if last_pt.is_file():
         load_training_state(state, last_pt)
@@ -442,8 +444,14 @@ def train_fold(cfg: TrainConfig, run_dir: Path, root: Path, manifest: pd.DataFra
                     return None
                 total, correct, seen = state.sums
                 state.epoch, state.step, state.sums = state.epoch + 1, 0, [0.0, 0.0, 0]
-                state.history.append({"epoch": state.epoch, "loss": total / max(seen, 1),
-                                      "accuracy": correct / max(seen, 1), "images": len(sampler) * dist.world_size})
+                record = {"epoch": state.epoch, "loss": total / max(seen, 1), "accuracy": correct / max(seen, 1),
+                          "images": len(sampler) * dist.world_size}
+                if dist.main:
+                    val_loss, val_acc = holdout_check(state.model, holdout, device)
+                    record.update(val_loss=val_loss, val_accuracy=val_acc)
+                    log.write(state.epoch, log.steps, record["loss"], record["accuracy"], phase="epoch",
+                              val_loss=round(val_loss, 6), val_accuracy=round(val_acc, 6))
+                state.history.append(record)
                 if dist.main:
                     save_training_state(state, last_pt)
                 if stop_after_epoch is not None and state.epoch >= stop_after_epoch and state.epoch < cfg.epochs:
@@ -457,6 +465,38 @@ def train_fold(cfg: TrainConfig, run_dir: Path, root: Path, manifest: pd.DataFra
             bar.close()
     _barrier(dist)
     return state.model
+
+
+def holdout_loader(cfg: TrainConfig, root: Path, val_df: pd.DataFrame, fold: int, device: torch.device,
+                   workers: int) -> DataLoader:
+    """A fixed sample of up to HOLDOUT_CHECK held-out images, the same after every epoch. Its own generator: the
+    loader draws its seed from it, never from the global RNG, so training is bit-identical with or without it."""
+    if len(val_df) > HOLDOUT_CHECK:
+        rng = np.random.default_rng(derive_seed(cfg.seed, fold, 0, _HOLDOUT))
+        val_df = val_df.iloc[np.sort(rng.choice(len(val_df), HOLDOUT_CHECK, replace=False))]
+    sample = CellImages(root, val_df["path"], val_df["label"], eval_transform(cfg.image_size, cfg.mean, cfg.std),
+                        cfg.classes)
+    return DataLoader(sample, batch_size=cfg.batch_size * 2, shuffle=False, num_workers=min(workers, 4),
+                      pin_memory=device.type == "cuda", generator=torch.Generator())
+
+
+@torch.no_grad()
+def holdout_check(model: CellNet, loader: DataLoader, device: torch.device) -> tuple[float, float]:
+    """Mean loss and accuracy on the held-out sample (the model is left in eval mode; training sets it back)."""
+    model.eval()
+    dtype = amp_dtype(device)
+    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    n = 0
+    for x, y in loader:
+        x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
+        y = y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x)
+        sums[0] += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
+        sums[1] += (logits.argmax(1) == y).sum()
+        n += len(y)
+    loss, correct = sums.tolist()
+    return loss / max(n, 1), correct / max(n, 1)
 
 
 def finish_fold(cfg: TrainConfig, state: FoldState, fold_dir: Path, root: Path, val_df: pd.DataFrame, fold: int,

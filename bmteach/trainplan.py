@@ -77,7 +77,7 @@ def measured_here(model: str, device: str, root: Path | None = None) -> Throughp
         if config.get("model") != model or not str(beat.get("device", "")).startswith(kind):
             continue
         for _, fold in runs.fold_dirs(run):
-            records = [r for r in runs.read_jsonl(fold / runs.PROGRESS) if r.get("phase") != "done"]
+            records = [r for r in runs.read_jsonl(fold / runs.PROGRESS) if not r.get("phase")]
             if records and records[-1].get("images_per_s"):
                 rates.append(float(records[-1]["images_per_s"]))
                 size = int(config.get("image_size") or 0)
@@ -257,11 +257,16 @@ def compare(metrics_a: dict, metrics_b: dict, name_a: str, name_b: str) -> pd.Da
     return out
 
 
-def curves(progress: pd.DataFrame, column: str) -> pd.DataFrame:
-    """A progress table pivoted for a line chart: index = epochs done (fractional), one column per fold."""
+def curves(progress: pd.DataFrame, column: str, held_out: bool = False) -> pd.DataFrame:
+    """A progress table pivoted for a line chart: index = epochs done (fractional), one column per fold. The
+    training records, or with held_out the after-epoch checks on the held-out sample (val_loss, val_accuracy)."""
     if progress.empty or column not in progress.columns:
         return pd.DataFrame()
-    df = progress[progress.get("phase", pd.Series(index=progress.index, dtype=object)).ne("done")].copy()
+    phase = progress["phase"] if "phase" in progress.columns else pd.Series(None, index=progress.index, dtype=object)
+    keep = phase.eq("epoch") if held_out else ~phase.isin(["done", "epoch"])
+    df = progress[keep & progress[column].notna()].copy()
+    if df.empty:
+        return pd.DataFrame()
     steps = df["steps_per_epoch"].where(df["steps_per_epoch"] > 0, 1)
     df["epochs"] = (df["epoch"] - 1) + df["step"] / steps
     df["fold"] = "fold " + df["fold"].astype(int).astype(str)

@@ -178,8 +178,14 @@ def live_view(run_dir: Path) -> None:
             left, right = st.columns(2)
             left.caption("Training loss per fold (x: epochs)")
             left.line_chart(trainplan.curves(progress, "loss"))
-            right.caption("Training accuracy per fold (x: epochs); held-out accuracy is in the grid once a fold ends")
+            right.caption("Training accuracy per fold (x: epochs)")
             right.line_chart(trainplan.curves(progress, "accuracy"))
+            held_loss, held_acc = (trainplan.curves(progress, c, held_out=True) for c in ("val_loss", "val_accuracy"))
+            if not held_acc.empty:
+                left.caption("Held-out loss after each epoch (a fixed sample of up to 1,000 held-out images)")
+                left.line_chart(held_loss)
+                right.caption("Held-out accuracy after each epoch (the same sample; it chooses nothing)")
+                right.line_chart(held_acc)
     with st.expander("Log (last lines of train.log)", expanded=state.state == "crashed"):
         st.code(runs.read_log(run_dir, 3000) or "(empty)", language=None)
 

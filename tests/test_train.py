@@ -38,9 +38,11 @@ def test_tiny_model_overfits_a_tiny_set(tiny_data, tmp_path):
     out = tmp_path / "run"
     assert train_cli(tiny_data, out, "--num-folds", "2", "--folds", "0", "--epochs", "8", "--per-class", "16") == 0
     meta = json.loads((out / "fold0" / "meta.json").read_text())
-    epochs = [r for r in read_progress(out).to_dict("records") if r.get("step") == r.get("steps_per_epoch")
-              and r.get("phase") != "done"]
+    records = read_progress(out).to_dict("records")
+    epochs = [r for r in records if r.get("step") == r.get("steps_per_epoch") and not isinstance(r.get("phase"), str)]
     assert [r["epoch"] for r in epochs] == list(range(1, 9))
+    checks = [r for r in records if r.get("phase") == "epoch"]            # the held-out sample after each epoch
+    assert [r["epoch"] for r in checks] == list(range(1, 9)) and all(0 <= r["val_accuracy"] <= 1 for r in checks)
     assert epochs[-1]["loss"] < 0.5 * epochs[0]["loss"]           # the loss falls
     assert meta["metrics"]["train_accuracy"] >= 0.95               # and it learns its training images
     assert meta["complete"] and meta["epoch"] == 8 and meta["fold"] == 0

@@ -68,8 +68,11 @@ def test_curves_put_epochs_on_the_x_axis_per_fold():
         {"fold": 0, "epoch": 1, "step": 5, "steps_per_epoch": 10, "loss": 2.0},
         {"fold": 0, "epoch": 2, "step": 10, "steps_per_epoch": 10, "loss": 1.0},
         {"fold": 1, "epoch": 1, "step": 10, "steps_per_epoch": 10, "loss": 1.5},
-        {"fold": 1, "epoch": 1, "step": 10, "steps_per_epoch": 10, "loss": 1.5, "phase": "done"},
+        {"fold": 1, "epoch": 1, "step": 10, "steps_per_epoch": 10, "loss": 9.0, "phase": "epoch", "val_loss": 1.7},
+        {"fold": 1, "epoch": 1, "step": 10, "steps_per_epoch": 10, "loss": 9.0, "phase": "done"},
     ])
     chart = trainplan.curves(progress, "loss")
     assert list(chart.columns) == ["fold 0", "fold 1"]
     assert chart.loc[0.5, "fold 0"] == 2.0 and chart.loc[2.0, "fold 0"] == 1.0 and chart.loc[1.0, "fold 1"] == 1.5
+    held = trainplan.curves(progress, "val_loss", held_out=True)
+    assert list(held.columns) == ["fold 1"] and held.loc[1.0, "fold 1"] == 1.7
