@@ -245,7 +245,7 @@ def exam_mode() -> None:
     if not state.finished and exam.is_open:
         st.progress(state.answered / state.total, text=f"Cell {state.answered + 1} of {state.total}")
         if state.seconds_left is not None:
-            st.caption(f"Time left: {int(state.seconds_left // 60)} min {int(state.seconds_left % 60)} s")
+            countdown(started + exam.time_limit_s)
         slot = f"exam_{exam.code}"
         cur = st.session_state.get(slot)
         if cur is None or cur["path"] != state.next_item:
@@ -260,6 +260,15 @@ def exam_mode() -> None:
             st.rerun()
         return
     exam_results(exam, mine)
+
+
+@st.fragment(run_every=2)
+def countdown(deadline: float) -> None:
+    """The exam clock, redrawn on its own every 2 s; at zero the whole page reruns and shows the results."""
+    left = max(0.0, deadline - time.time())
+    st.caption(f"Time left: {int(left // 60)} min {int(left % 60):02d} s")
+    if left == 0.0:
+        st.rerun()
 
 
 def exam_results(exam, mine: pd.DataFrame) -> None:

@@ -129,6 +129,18 @@ def test_an_exam_gives_feedback_only_at_the_end(env, tiny):
     assert report["your answer"].tolist() == ["MMZ", "NGS"] and report["credit"].tolist() == [1.0, 0.0]
 
 
+def test_an_exam_whose_time_is_up_takes_no_more_answers(env):
+    import time
+
+    code = env.create_class()
+    ann = env.join(code, "ann")
+    exam = env.create_exam(code, ["MMZ/0001-0003/MMZ_00002.jpg"], time_limit_s=60)
+    env.start_exam(ann.token, exam, now=time.time() - 120)
+    at = page(QUIZ, t=ann.token, m="exam", e=exam)
+    assert "Exam finished." in texts(at) and not [s for s in at.selectbox if s.label == "Your answer"]
+    assert at.table[0].value["your answer"].tolist() == ["(none)"]
+
+
 def test_the_teacher_page_needs_the_secret(env):
     at = page(TEACHER)
     assert settings.SECRET_ENV in texts(at) and not at.selectbox
