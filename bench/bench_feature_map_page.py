@@ -22,8 +22,8 @@ import plotly.io as pio
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bmteach import explore  # noqa: E402
-from bmteach.classes import ABBRS, CLASSES  # noqa: E402
+from bmteach import explore
+from bmteach.classes import ABBRS, CLASSES
 
 
 def generated_table(n: int, seed: int = 0) -> pd.DataFrame:
@@ -79,7 +79,7 @@ def main() -> None:
         spec, t_json = timed(pio.to_json, fig, validate=False)
         with tempfile.TemporaryDirectory() as tmp:
             feats = feature_file(n, args.width, Path(tmp))
-            row = int(table.loc[table["correct_strict"] == False, "row"].iloc[0])  # noqa: E712
+            row = int(table.loc[table["correct_strict"] == False, "row"].iloc[0])
             labels = table["label"].to_numpy()
             _, t_row = timed(explore.point_row, table, row)
             _, t_same = timed(explore.nearest_neighbours, feats, labels, row, 5, True)

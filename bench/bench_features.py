@@ -25,16 +25,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+import pandas as pd
+import torch
 
-from bmteach import features, runs  # noqa: E402
-from bmteach.augment import eval_transform  # noqa: E402
-from bmteach.images import load_image  # noqa: E402
-from bmteach.infer import Predictor  # noqa: E402
-from bmteach.models import ModelMeta, create_model, save_checkpoint  # noqa: E402
-from bmteach.storage import DEMO_RUN  # noqa: E402
+from bmteach import features, runs
+from bmteach.augment import eval_transform
+from bmteach.images import load_image
+from bmteach.infer import Predictor
+from bmteach.models import ModelMeta, create_model, save_checkpoint
+from bmteach.storage import DEMO_RUN
 
 
 def make_bench_run(out: Path, source: Path, data: Path, limit: int | None, copies: int,

@@ -16,8 +16,14 @@ import pandas as pd
 
 from bmteach.classes import BY_ABBR, LINEAGES, class_name
 from bmteach.errors import UserError
-from bmteach.metrics import (confusion_counts, label_indices, normalise_pairs, row_normalise, tolerance_matrix,
-                             tolerant_indices)
+from bmteach.metrics import (
+    confusion_counts,
+    label_indices,
+    normalise_pairs,
+    row_normalise,
+    tolerance_matrix,
+    tolerant_indices,
+)
 
 MODES = ("strict", "tolerant")
 COLOUR_BY = ("expert class", "prediction", "correct (strict)", "correct (tolerant)", "confidence", "lineage",
@@ -91,9 +97,9 @@ def display_sample(table: pd.DataFrame, max_points: int = MAX_POINTS, seed: int 
     labels = table["label"].to_numpy()
     for abbr in pd.unique(labels):
         members = np.flatnonzero(labels == abbr)
-        quota = min(len(members), max(50, int(round(max_points * len(members) / n))))
+        quota = min(len(members), max(50, round(max_points * len(members) / n)))
         chosen.append(rng.choice(members, size=quota, replace=False))
-    wrong = np.flatnonzero(table["correct_strict"].to_numpy() == False)  # noqa: E712 (NaN is neither)
+    wrong = np.flatnonzero(table["correct_strict"].to_numpy() == False)
     kept = np.flatnonzero(table["row"].isin(list(keep)).to_numpy()) if len(keep) else np.array([], dtype=int)
     return np.unique(np.concatenate(chosen + [wrong, kept]).astype(int))
 
@@ -119,7 +125,7 @@ def colour_values(table: pd.DataFrame, by: str) -> tuple[pd.Series, dict[str, st
         values = table[column].astype(str)
     else:
         ok = table["correct_strict" if "strict" in by else "correct_tolerant"]
-        values = pd.Series(np.where(ok.isna(), "no prediction", np.where(ok == True, "right", "wrong")),  # noqa: E712
+        values = pd.Series(np.where(ok.isna(), "no prediction", np.where(ok == True, "right", "wrong")),
                            index=table.index)
     return values, _category_colours(by, values)
 
@@ -133,10 +139,10 @@ def map_figure(table: pd.DataFrame, by: str = "expert class", selected: Sequence
 
     values, palette = colour_values(table, by)
     selected_mask = table["row"].isin(list(selected)).to_numpy() if len(selected) else None
-    marker = dict(size=marker_size, line=dict(width=0))
+    marker = {"size": marker_size, "line": {"width": 0}}
     if palette is None:
         marker.update(color=values.fillna(0).to_numpy(), colorscale="Viridis", cmin=0, cmax=1,
-                      colorbar=dict(title="confidence", thickness=12))
+                      colorbar={"title": "confidence", "thickness": 12})
     else:
         marker["color"] = values.map(palette).to_numpy()
     if selected_mask is not None and palette is not None:
@@ -148,12 +154,12 @@ def map_figure(table: pd.DataFrame, by: str = "expert class", selected: Sequence
                                  customdata=table["row"].to_numpy(), hovertext=hover, hoverinfo="text",
                                  showlegend=False,
                                  selectedpoints=None if selected_mask is None else np.flatnonzero(selected_mask),
-                                 unselected=dict(marker=dict(color=GREY, opacity=0.5))))
+                                 unselected={"marker": {"color": GREY, "opacity": 0.5}}))
     for name, colour in (palette or {}).items():
-        fig.add_trace(go.Scattergl(x=[None], y=[None], mode="markers", marker=dict(size=9, color=colour),
+        fig.add_trace(go.Scattergl(x=[None], y=[None], mode="markers", marker={"size": 9, "color": colour},
                                    name=str(name), hoverinfo="skip"))
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), clickmode="event+select",
-                      dragmode="lasso", legend=dict(itemsizing="constant"), plot_bgcolor="white")
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 10, "b": 10}, clickmode="event+select",
+                      dragmode="lasso", legend={"itemsizing": "constant"}, plot_bgcolor="white")
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False, scaleanchor="x")
     return fig
@@ -279,15 +285,15 @@ def confusion_figure(counts: np.ndarray, shares: np.ndarray, classes: Sequence[s
     share = shares[t, p]
     fig = go.Figure(go.Scatter(
         x=[classes[j] for j in p], y=[classes[i] for i in t], mode="markers+text",
-        text=[f"{s:.2f}".lstrip("0") if s < 1 else "1" for s in share], textfont=dict(size=8),
+        text=[f"{s:.2f}".lstrip("0") if s < 1 else "1" for s in share], textfont={"size": 8},
         customdata=np.stack([[classes[i] for i in t], [classes[j] for j in p], counts[t, p]], axis=1),
         hovertemplate="expert %{customdata[0]} → predicted %{customdata[1]}<br>%{customdata[2]} images"
                       " (share of the row %{marker.color:.2f})<extra></extra>",
-        marker=dict(symbol="square", size=24, color=share, colorscale="Blues", cmin=0, cmax=1,
-                    line=dict(width=0.5, color="#999"), colorbar=dict(title="share", thickness=12)),
+        marker={"symbol": "square", "size": 24, "color": share, "colorscale": "Blues", "cmin": 0, "cmax": 1,
+                    "line": {"width": 0.5, "color": "#999"}, "colorbar": {"title": "share", "thickness": 12}},
         showlegend=False, name="cells"))
-    axis = dict(categoryorder="array", categoryarray=classes, tickfont=dict(size=10), showgrid=False)
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10), clickmode="event+select",
+    axis = {"categoryorder": "array", "categoryarray": classes, "tickfont": {"size": 10}, "showgrid": False}
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10}, clickmode="event+select",
                       plot_bgcolor="white", xaxis=dict(title="predicted", side="top", **axis),
                       yaxis=dict(title="expert (true)", autorange="reversed", **axis))
     return fig

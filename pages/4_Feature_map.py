@@ -146,7 +146,7 @@ if not st.session_state.get("fm_region"):
 
 # --- a region: gallery, its confusion matrix, send to the quiz ---------------------------------------------
 region = explore.region_rows(table, ids)
-wrong = int((region["correct_strict"] == False).sum())  # noqa: E712 (NaN: no prediction)
+wrong = int((region["correct_strict"] == False).sum())
 st.header(f"{len(region):,} cells selected")
 st.caption(f"{explore.share_text(wrong, len(region))} misclassified (strict); shown wrong first, then by "
            "confidence.")

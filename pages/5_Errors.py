@@ -5,7 +5,6 @@ errors found by confident learning (cleanlab), each with its evidence."""
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from bmteach import explore, ui

@@ -6,7 +6,6 @@ Chart clicks cannot be made headless: a selection is the plain dict st.plotly_ch
 """
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -54,7 +53,7 @@ def demo_map():
 
 
 def test_feature_map_page_draws_the_whole_demo_run(demo_map):
-    at, table = demo_map
+    at, _table = demo_map
     assert at.selectbox(key="fm_colour").options == list(explore.COLOUR_BY)
     assert at.get("plotly_chart")
     assert any("Showing 2,100 of 2,100 images" in c.value for c in at.caption)
@@ -66,7 +65,7 @@ def test_feature_map_page_draws_the_whole_demo_run(demo_map):
 
 def test_clicking_a_point_opens_its_card(demo_map):
     _, table = demo_map
-    wrong = table[table["correct_strict"] == False].iloc[0]  # noqa: E712
+    wrong = table[table["correct_strict"] == False].iloc[0]
     click = {"selection": {"points": [{"customdata": [int(wrong["row"])]}], "box": [], "lasso": []}}
     at = run_page(FEATURE_MAP, {"fm_chart": click})
     assert [h.value for h in at.header] == [f"{class_name(wrong['label'])} ({wrong['label']})"]

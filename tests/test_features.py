@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from bmteach import features
-from bmteach.cli import main
 from bmteach.classes import ABBRS
+from bmteach.cli import main
 from bmteach.data import build_manifest, index, write_manifest
 from bmteach.images import load_image
 from bmteach.infer import Predictor
