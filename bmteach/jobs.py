@@ -12,6 +12,8 @@ RUN/train.log), waits for it, turns a stop that is not honoured within STOP_TIME
 job and takes the next; it exits when the queue is empty. If it dies, the next submit or the Training page's
 refresh starts another (`ensure_supervisor`); a job whose process is gone is dropped (its run then shows as
 crashed and is resumed by hand). Run state itself never comes from here but from the run folder (runs.run_state).
+One queue per machine, one training at a time (a GPU run already uses every GPU with --parallel-folds); a
+`train` started by hand on the command line is not in the queue, and the queue does not wait for it.
 """
 from __future__ import annotations
 

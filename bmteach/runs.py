@@ -871,7 +871,7 @@ def run_state(run, now: float | None = None, stale_s: float = STALE_S) -> RunSta
 # a process's own last error ("error: ..." from the CLI, or a traceback's last line) and, failing that, how the
 # queue's supervisor saw it end ("... ended: killed by SIGKILL")
 _ERROR_LINE = re.compile(r"^(error: .+|[A-Za-z_][\w.]*(Error|Exception)\b.*)$")
-_END_LINE = re.compile(r"^\[bmteach [^]]*\] (.*(killed by|exit status [1-9]).*)$")
+_END_LINE = re.compile(r"^\[bmteach [^]]*\] (.*(killed by|exit status (?!130\b)[1-9]).*)$")  # 130: stopped
 
 
 def last_error(log_text: str) -> str | None:

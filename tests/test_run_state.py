@@ -152,8 +152,9 @@ def test_queued_runs_wait_in_line(tmp_path, monkeypatch):
 def test_last_error_reads_only_the_latest_attempt():
     log = "error: first try failed\n[bmteach 2026] [bmteach start] train\nfold 0 ...\n"
     assert runs.last_error(log) is None
+    assert runs.last_error(log + "[bmteach 2026-11-28 07:00:00] training process 12 ended: exit status 130\n") is None
     log += "[bmteach 2026-11-28 07:00:00] training process 12 ended: killed by SIGKILL\n"
-    assert "killed by SIGKILL" in runs.last_error(log)
+    assert runs.last_error(log) == "training process 12 ended: killed by SIGKILL"
 
 
 # --- the lock -------------------------------------------------------------------------------------------------
