@@ -39,14 +39,19 @@ def make_run(path: Path, num_folds: int = 2, complete: tuple[int, ...] = (), par
     return path
 
 
+def start_of(pid: int) -> int:
+    """The process's start time; for a dead one an impossible value, so a recycled PID never matches it."""
+    return runs.process_start(pid) or 1
+
+
 def beat(path: Path, pid: int, age: float = 0.0, **extra) -> None:
-    record = {"pid": pid, "host": runs.HOST, "start": runs.process_start(pid), "started": time.time() - age - 5,
+    record = {"pid": pid, "host": runs.HOST, "start": start_of(pid), "started": time.time() - age - 5,
               "time": time.time() - age, **extra}
     (path / runs.HEARTBEAT).write_text(json.dumps(record))
 
 
 def lock(path: Path, pid: int, age: float = 0.0) -> None:
-    (path / runs.LOCK).write_text(json.dumps({"pid": pid, "host": runs.HOST, "start": runs.process_start(pid),
+    (path / runs.LOCK).write_text(json.dumps({"pid": pid, "host": runs.HOST, "start": start_of(pid),
                                               "time": time.time() - age}))
 
 
