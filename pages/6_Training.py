@@ -140,8 +140,10 @@ def fold_grid(run: runs.Run, state: runs.RunState):
                                                                             format="%d%%")})
 
 
-def live_view(run_dir: Path) -> None:
+def live_view(run_dir: Path, shown: str) -> None:
     state = runs.run_state(run_dir)
+    if state.state != shown:  # ended (or started) since the page last ran: redraw it all, results included
+        st.rerun()
     st.badge(state.state, color=STATE_COLOURS.get(state.state, "gray"))
     st.write(state.detail[:1].upper() + state.detail[1:] + ".")
     if state.state == "crashed":
@@ -207,7 +209,7 @@ picked = st.selectbox("Run", names, key="train_run", format_func=lambda n: Path(
 st.query_params["run"] = Path(picked).name  # a refreshed browser comes back to this run
 run_dir = Path(picked)
 initial = runs.run_state(run_dir)
-st.fragment(run_every=REFRESH_S if initial.active else None)(live_view)(run_dir)
+st.fragment(run_every=REFRESH_S if initial.active else None)(live_view)(run_dir, initial.state)
 
 if initial.state != "finished":
     st.stop()
