@@ -115,13 +115,20 @@ def lineage_figure(selected: str | None = None, height: int = 460):
     fig.update_traces(selector=dict(mode="markers+text"), selected=dict(marker=dict(opacity=1.0)),
                       unselected=dict(marker=dict(opacity=1.0)))
     for x, abbr in TREE_COLUMN_LABELS:  # the lineage words of classes.csv, so tree and card agree
-        fig.add_annotation(x=x, y=-0.6, text=BY_ABBR[abbr].lineage, showarrow=False, font=dict(size=11, color="#666"))
+        fig.add_annotation(x=x, y=-0.55, text=_two_lines(BY_ABBR[abbr].lineage), showarrow=False,
+                           font=dict(size=11, color="#666"))
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), clickmode="event+select",
                       plot_bgcolor="rgba(0,0,0,0)")
     # fixed axes: a drag never zooms the tree away; a click on a marker selects its class
     fig.update_xaxes(visible=False, range=[-0.3, 10], fixedrange=True)
     fig.update_yaxes(visible=False, range=[6.6, -0.9], fixedrange=True)
     return fig
+
+
+def _two_lines(lineage: str) -> str:
+    """'erythropoiesis' -> 'erythro-<br>poiesis': the columns are too close for the whole words at 800 px."""
+    stem, sep, _ = lineage.partition("poiesis")
+    return f"{stem}-<br>poiesis" if sep and stem else lineage
 
 
 def selected_class(event: Mapping | None) -> str | None:

@@ -66,11 +66,23 @@ def setup_page(title: str, icon: str | None = None) -> Active:
 
 def _leave_legacy_navigation() -> None:
     """Until app.py's st.navigation has run once in a server process, Streamlit serves a deep link such as
-    /Explain as an old-style pages/ folder app: the page runs alone under a menu whose first entry is "app",
-    without sections. Switch the process to app.py's navigation and run again (once per process)."""
+    /Explain as an old-style pages/ folder app: the page runs alone under a menu whose first entry is "app"
+    (app.py itself), without sections. Seen from the page: app.py is among the registered pages. Switch the
+    process to app.py's navigation and run again (sessions that started in the old mode at the same moment
+    see the same sign and follow)."""
     from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-    if PagesManager.uses_pages_directory:
+    from bmteach.storage import REPO_ROOT
+
+    ctx = get_script_run_ctx()
+    if ctx is None:
+        return
+    entry = str((REPO_ROOT / "app.py").resolve())
+    legacy = {h for h, p in ctx.pages_manager.get_pages().items() if str(p.get("script_path") or "") == entry}
+    # a page run on its own, not through app.py; once per session (AppTest resets the mode before every run)
+    if legacy and ctx.page_script_hash not in legacy and not st.session_state.get("_bmteach_navigation"):
+        st.session_state["_bmteach_navigation"] = True
         PagesManager.uses_pages_directory = False
         st.rerun()
 

@@ -126,7 +126,7 @@ def test_tree_and_cards_use_one_lineage_wording():
     """The tree's column labels are the lineage words of the classes in that column (no 'myelopoiesis' on a
     card under a 'granulopoiesis' column)."""
     fig = atlas.lineage_figure()
-    labels = {a.text for a in fig.layout.annotations}
+    labels = {a.text.replace("-<br>", "") for a in fig.layout.annotations}
     assert labels == {c.lineage for c in BY_ABBR.values()}
     for x, abbr in atlas.TREE_COLUMN_LABELS:
         column = [a for a, (ax, _) in atlas.TREE_POSITIONS.items() if a in BY_ABBR and abs(ax - x) <= 0.6]

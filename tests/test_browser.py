@@ -181,15 +181,19 @@ def test_two_sessions_on_an_empty_home_both_see_the_title_and_the_shared_progres
 
     pages = [browser.new_page() for _ in range(2)]
     start = time.monotonic()
-    for page, path in zip(pages, ("/", "/Explain")):
+    # deep links, as after a server restart: the menu must still be app.py's (sections, "Home" first, no "app")
+    for page, path in zip(pages, ("/Explain", "/Atlas")):
         page.goto(empty_home_server + path, wait_until="commit")
     progress = re.compile(r"Starting the generator|Drawing synthetic cells: [\d,]+ of [\d,]+")
-    for page, title in zip(pages, ("Home", "Explain")):
+    for page, title in zip(pages, ("Explain", "Atlas")):
         page.get_by_role("heading", level=1, name=title).wait_for(timeout=20_000)
         page.get_by_text("First start").first.wait_for(timeout=20_000)
         page.get_by_text(progress).first.wait_for(timeout=20_000)
     seconds = time.monotonic() - start
     assert seconds < 20, f"both sessions showed title and progress only after {seconds:.1f} s"
+    for page in pages:
+        menu = page.get_by_test_id("stSidebarNav").inner_text().split()
+        assert menu[0] == "Learn" and "app" not in menu and "Home" in menu
     # the bar moves with a measured rate, never a fixed promise
     pages[1].get_by_text(re.compile(r"per second, about .* left")).first.wait_for(timeout=60_000)
     for page in pages:
