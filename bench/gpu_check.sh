@@ -7,7 +7,8 @@
 #   GPU_CHECK_COMPILE=0 bash bench/gpu_check.sh  # skip torch.compile (saves 1-3 minutes)
 #
 # 1. network only, batch 256 (random tensors on the GPU), and the same under torch.compile
-# 2. DataLoader only: JPEG decode + the paper's augmentation + the copy to the GPU, batch 256
+# 2. DataLoader only: JPEG decode + the paper's augmentation + the copy to the GPU, batch 256; then the real
+#    training loop for 40 steps under torch.profiler (GPU busy share, top host and GPU operations)
 # 3. the real command, `python -m bmteach train --device cuda` on generated synthetic cells (one fold, two
 #    epochs of 21 x 1,000 images): at --batch-size 256 with all workers, and at the default batch (64)
 # 4. the paper protocol projected from the rates
@@ -31,7 +32,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 stamp "1. network only"
 NET=$(timeout 180 "$PY" bench/gpu_rates.py network --batch 256 | tee /dev/stderr | rate_of)
 if [ "${GPU_CHECK_COMPILE:-1}" != "0" ]; then
-  timeout 300 "$PY" bench/gpu_rates.py network --batch 256 --compile || echo "torch.compile: failed or over 300 s"
+  timeout 240 "$PY" bench/gpu_rates.py network --batch 256 --compile || echo "torch.compile: failed or over 240 s"
 fi
 
 stamp "synthetic cells: 21 x 60 images"
@@ -40,6 +41,10 @@ timeout 180 "$PY" -m bmteach synth --out "$WORK/cells" --per-class 60 --seed 0 |
 stamp "2. DataLoader only ($WORKERS workers)"
 LOAD=$(timeout 180 "$PY" bench/gpu_rates.py loader --data "$WORK/cells" --batch 256 --workers "$WORKERS" \
   | tee /dev/stderr | rate_of)
+
+stamp "2b. the real training loop under torch.profiler (where the time goes)"
+timeout 180 "$PY" bench/gpu_rates.py profile --data "$WORK/cells" --batch 256 --workers "$WORKERS" --steps 40 \
+  || echo "profile: failed or over 180 s"
 
 train() {  # name, then extra train arguments
   local name=$1; shift

@@ -4,6 +4,8 @@
         ResNeXt-50 forward + backward + AdamW on random tensors already on the device (the network alone)
     python bench/gpu_rates.py loader --data DIR [--batch 256] [--size 250] [--workers N] [--device cuda]
         the training DataLoader alone: JPEG decode + the paper's augmentation + the host-to-device copy
+    python bench/gpu_rates.py profile --data DIR [--batch 256] [--workers N] [--steps 60]
+        the real training loop (train_one_epoch) under torch.profiler: GPU busy share, top host and GPU ops
     python bench/gpu_rates.py train-rate RUN
         the rate a finished `python -m bmteach train` reached, from its fold's progress records (startup,
         checkpoints and prediction left out; the whole fold's rate beside it)
@@ -99,6 +101,66 @@ def loader(data: Path, batch: int, size: int, workers: int | None, device: str, 
           f"copy to {dev.type}: {rate:,.0f} images/s")
 
 
+def profile(data: Path, batch: int, size: int, workers: int | None, device: str, steps: int = 60) -> None:
+    """The real training loop (train.train_one_epoch on the real loader) for two short epochs, the second under
+    torch.profiler: its rate, how busy the GPU was, and where the host's and the GPU's time went."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from bmteach.augment import BalancedSampler, train_transform
+    from bmteach.data import index
+    from bmteach.train import (
+        CellImages,
+        Dist,
+        ProgressLog,
+        SeededSampler,
+        TrainConfig,
+        build_fold_state,
+        default_workers,
+        make_loader,
+        train_one_epoch,
+    )
+
+    dev = torch.device(device)
+    found = index(data)
+    paths, labels = [p for p, _ in found.items], [a for _, a in found.items]
+    cfg = TrainConfig(model="resnext50", image_size=size, batch_size=batch, lr=1e-3, epochs=2)
+    ds = CellImages(found.class_root or data, paths, labels, train_transform(size, cfg.mean, cfg.std), cfg.classes)
+    workers = default_workers(dev) if workers is None else workers
+    per_class = -(-batch * steps // len(cfg.classes))
+    sampler = SeededSampler(BalancedSampler(ds.targets, per_class=per_class, seed=0), seed=0, fold=0)
+    loader = make_loader(ds, sampler, batch, dev, workers)
+    state = build_fold_state(cfg, 0, len(loader), dev, Dist())
+    log = ProgressLog(None, 0, cfg.epochs, len(loader), batch)
+    sampler.set_epoch(0)
+    train_one_epoch(state, loader, dev, log, 0, "all", None)          # warm-up: workers, cuDNN's kernel choice
+    state.step, state.sums = 0, [0.0, 0.0, 0]
+    sampler.set_epoch(1)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    _sync(dev)
+    start = time.perf_counter()
+    with torch_profile(activities=activities) as prof:
+        train_one_epoch(state, loader, dev, log, 1, "all", None)
+        _sync(dev)
+    wall = time.perf_counter() - start
+    images = state.sums[2]
+    events = prof.key_averages()
+
+    def device_time(e) -> float:
+        return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0
+
+    busy = sum(device_time(e) for e in events) / 1e6
+    print(f"profiled train loop ({workers} workers, batch {batch}): {images / wall:,.0f} images/s under the profiler; "
+          f"GPU kernels busy {busy:.2f} s of {wall:.2f} s wall ({100 * busy / wall:.0f}%)")
+    for key in ("self_cpu_time_total", "self_device_time_total" if dev.type == "cuda" else None):
+        if key:
+            try:
+                print(events.table(sort_by=key, row_limit=10, max_name_column_width=60))
+            except (KeyError, AttributeError, ValueError):
+                print(events.table(sort_by="self_cuda_time_total", row_limit=10, max_name_column_width=60))
+
+
 def train_rate(run: Path) -> None:
     config = json.loads((run / "config.json").read_text())
     batch = int(config["batch_size"])
@@ -146,6 +208,13 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device", default="cuda")
     p.add_argument("--batches", type=int, default=60)
+    p = sub.add_parser("profile")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--size", type=int, default=250)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--steps", type=int, default=60)
     p = sub.add_parser("train-rate")
     p.add_argument("run", type=Path)
     p = sub.add_parser("project")
@@ -156,6 +225,8 @@ def main() -> int:
         network(args.batch, args.size, not args.fp32, args.compile, args.device)
     elif args.what == "loader":
         loader(args.data, args.batch, args.size, args.workers, args.device, args.batches)
+    elif args.what == "profile":
+        profile(args.data, args.batch, args.size, args.workers, args.device, args.steps)
     elif args.what == "train-rate":
         train_rate(args.run)
     else:
