@@ -369,15 +369,20 @@ def train_one_epoch(state: FoldState, loader: DataLoader, device: torch.device, 
 
 @torch.no_grad()
 def predict_probabilities(model: CellNet, loader: DataLoader, device: torch.device) -> np.ndarray:
-    """Softmax probabilities (n, C) in the loader's order, float64."""
+    """Softmax probabilities (n, C) in the loader's order, float64. Held-out predictions run in full float32
+    (no autocast, no TF32) even on a GPU: they are the run's record, and the same weights must give the same
+    probabilities on any machine (the app recomputes them on a CPU)."""
     model.eval()
-    dtype = amp_dtype(device)
     out = []
-    for x, _ in loader:
-        x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for x, _ in loader:
+            x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
             logits = model(x)
-        out.append(torch.softmax(logits.float(), dim=1).double().cpu())
+            out.append(torch.softmax(logits.float(), dim=1).double().cpu())
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     return torch.cat(out).numpy() if out else np.zeros((0, len(model.head.weight)))
 
 
