@@ -39,6 +39,16 @@ def count_images(data: str) -> int | None:
         return None
 
 
+def images_in(data: str) -> int | None:
+    """The active data set's count comes from the app's own cached index; others are indexed here."""
+    if data != "default" and active.has_data and Path(data) == Path(active.data_dir):
+        try:
+            return sum(ui.data_counts(active).values())
+        except UserError:
+            return None
+    return count_images(data)
+
+
 @st.cache_resource(show_spinner=False)
 def gpus() -> list[str]:
     return trainplan.list_gpus()
@@ -78,7 +88,7 @@ def launch_form() -> None:
         parallel = len(found) > 1 and device == "cuda" and st.checkbox(
             "One fold per GPU, in parallel", value=True, key=f"train_parallel_{k}")
     data = data_options[data_label]
-    n_images = count_images(data)
+    n_images = images_in(data)
     seconds = trainplan.projected_seconds(model, device, int(size), int(num_folds), int(num_folds), int(epochs),
                                           int(per_class) or None, n_images or int(per_class) * 21)
     if parallel and seconds:
