@@ -82,15 +82,19 @@ def main() -> None:
             row = int(table.loc[table["correct_strict"] == False, "row"].iloc[0])
             labels = table["label"].to_numpy()
             _, t_row = timed(explore.point_row, table, row)
-            _, t_same = timed(explore.nearest_neighbours, feats, labels, row, 5, True)
-            _, t_other = timed(explore.nearest_neighbours, feats, labels, row, 5, False)
+            norms, t_norms = timed(explore.squared_norms, feats)   # once, at extraction (norms.npy)
+            d, t_dist = timed(explore.feature_distances, feats, row, norms)
+            _, t_same = timed(explore.nearest_neighbours, feats, labels, row, 5, True, d)
+            _, t_other = timed(explore.nearest_neighbours, feats, labels, row, 5, False, d)
+            t_pick = t_same + t_other
             del feats
         region_ids = table.sort_values("x")["row"].head(2000).tolist()
         _, t_region = timed(explore.region_confusion, table, region_ids)
         print(f"n={n:>7,}: drawn {len(shown):,} points; sample {t_sample * 1e3:.0f} ms, figure {t_fig * 1e3:.0f} ms, "
               f"JSON {t_json * 1e3:.0f} ms = {len(spec) / 2**20:.2f} MiB to the browser; click: row "
-              f"{t_row * 1e3:.1f} ms, neighbours same class {t_same * 1e3:.0f} ms + other classes "
-              f"{t_other * 1e3:.0f} ms ({args.width}-d float16, memory-mapped); region of 2,000 -> confusion "
+              f"{t_row * 1e3:.1f} ms, distances to all {t_dist * 1e3:.0f} ms + both neighbour strips "
+              f"{t_pick * 1e3:.0f} ms ({args.width}-d float16, memory-mapped; norms once at extraction "
+              f"{t_norms * 1e3:.0f} ms); region of 2,000 -> confusion "
               f"{t_region * 1e3:.0f} ms (CPU times; wall {sum(WALL):.1f} s for all of them)", flush=True)
         WALL.clear()
 

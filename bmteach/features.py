@@ -6,6 +6,7 @@ prediction. The features are stored once per (model stamp: checkpoints + manifes
 BMTEACH_HOME/cache/features/<key>/:
 
     features.npy   (n, F) float16, read back memory-mapped (171,374 x 2048 is 0.7 GB)
+    norms.npy      (n,) float32 squared norms of the rows (a click's nearest neighbours in one pass)
     rows.csv       row,path,label,fold: row i of features.npy (row ids are the map's point ids)
     meta.json      run, data root, stamps, model, feature width, skipped images (count and examples per reason),
                    timings
@@ -29,12 +30,14 @@ import pandas as pd
 
 from bmteach import runs
 from bmteach.errors import UserError
+from bmteach.explore import squared_norms
 from bmteach.storage import atomic_write_json, cache_dir, read_json
 
 FEATURES = "features.npy"
+NORMS = "norms.npy"      # squared length of each feature row (float32): nearest neighbours in one pass
 ROWS = "rows.csv"
 META = "meta.json"
-FORMAT_VERSION = 2  # 2: skipped images as count + examples
+FORMAT_VERSION = 3  # 2: skipped images as count + examples; 3: norms.npy
 CPU_BATCH, CUDA_BATCH = 64, 512
 SKIPPED_EXAMPLES = 10  # meta.json names this many skipped images per reason (and counts them all)
 
@@ -49,6 +52,7 @@ class FeatureTable:
     rows: pd.DataFrame            # row, path, label, fold
     meta: dict
     folder: Path
+    norms: np.ndarray | None = None   # (n,) float32 squared norms (explore.feature_distances)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -121,7 +125,8 @@ def resolve_data_root(run_dir: str | Path, data: str | Path | None = None) -> Pa
 
 def _read_folder(folder: Path) -> FeatureTable:
     rows = pd.read_csv(folder / ROWS, dtype={"path": str, "label": str}, keep_default_na=False)
-    return FeatureTable(np.load(folder / FEATURES, mmap_mode="r"), rows, read_json(folder / META), folder)
+    return FeatureTable(np.load(folder / FEATURES, mmap_mode="r"), rows, read_json(folder / META), folder,
+                        np.load(folder / NORMS))
 
 
 def load_features(run_dir: str | Path, data_root: str | Path) -> FeatureTable | None:
@@ -279,6 +284,7 @@ def _finish(tmp: Path, out: np.ndarray, rows: pd.DataFrame, ok: np.ndarray, skip
         os.replace(tmp / "kept.npy", tmp / FEATURES)
     rows.insert(0, "row", np.arange(len(rows)))
     rows.to_csv(tmp / ROWS, index=False)
+    np.save(tmp / NORMS, squared_norms(np.load(tmp / FEATURES, mmap_mode="r")))
     atomic_write_json(tmp / META, {
         "format": FORMAT_VERSION, "run": str(run_dir.resolve()), "data_root": str(root),
         "model_stamp": [list(s) for s in model_stamp(run_dir)], "data_stamp": list(map(str, data_stamp(root))),

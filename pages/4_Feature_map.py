@@ -43,7 +43,7 @@ if emb is None:
     if emb is None:
         st.stop()
 
-table = ui.map_table(active)
+table = ui.or_stop(ui.map_table, active)  # a damaged oof.csv or cache: one sentence
 has_pred = bool((table["pred"] != "").any())
 if not has_pred:
     st.info("This run has no out-of-fold predictions yet: the map shows expert classes only.")
@@ -80,7 +80,7 @@ if not ids:
     st.info("Click a point to open its card, or select a region with the box or lasso tool.")
     st.stop()
 
-oof = ui.run_oof(active)
+oof = ui.or_stop(ui.run_oof, active)
 oof_by_path = oof.set_index("path") if oof is not None else None
 
 
@@ -135,9 +135,9 @@ if not st.session_state.get("fm_region"):
                                        for a, p in top]), hide_index=True, key="fm_top3")
     else:
         right.caption("No out-of-fold prediction for this image yet.")
-    ft = ui.feature_table(active)
+    ft = ui.or_stop(ui.feature_table, active)
     labels = ft.rows["label"].to_numpy()
-    distances = explore.feature_distances(ft.features, int(row["row"]))  # one pass serves both strips
+    distances = explore.feature_distances(ft.features, int(row["row"]), ft.norms)  # one pass, both strips
     neighbour_strip("Nearest cells of the same class (in the network's feature space)",
                     explore.nearest_neighbours(ft.features, labels, int(row["row"]), 5, True, distances))
     neighbour_strip("Nearest cells of other classes: what the network finds it most alike",
@@ -167,7 +167,7 @@ with st.expander("Send this selection to the quiz as an exam (instructor)"):
     st.download_button("Download as CSV (path,label)", items.to_csv(index=False), "selection.csv",
                        key="fm_exam_csv")
     if ui.instructor_guard("fm_exam"):
-        store = ui.quiz_store()
+        store = ui.or_stop(ui.quiz_store)  # a read-only home: one sentence
         classes_df = store.list_classes()
         if classes_df.empty:
             st.info("No quiz class exists yet: create one on the Teacher page first.")

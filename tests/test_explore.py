@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from bmteach import explore
+from bmteach.classes import BY_ABBR
 from bmteach.errors import UserError
 
 CLASSES = ["MYB", "MMZ", "LYT"]   # MYB/MMZ is a tolerated pair in assets/tolerance.csv
@@ -109,8 +110,20 @@ def test_map_figure_is_one_trace_with_row_ids(small):
         assert len(data) == 1 and data[0].type == "scattergl"
         assert list(data[0].customdata) == [0, 1, 2, 3, 4]
     fig = explore.map_figure(table, "expert class", selected=[1])
-    colours = list(fig.data[0].marker.color)
-    assert colours[1] != explore.GREY and colours.count(explore.GREY) == 4
+    marker = fig.data[0].marker
+    colours = [marker.colorscale[2 * int(c)][1] for c in marker.color]  # the stepped scale: 2 stops per code
+    assert colours[1] == BY_ABBR["MMZ"].colour and colours.count(explore.GREY) == 4
+
+
+def test_category_codes_map_each_value_to_its_colour():
+    values = pd.Series(["right", "wrong", "right", "no prediction"])
+    palette = {"right": explore.RIGHT, "wrong": explore.WRONG, "no prediction": explore.GREY}
+    codes, scale, cmin, cmax = explore.category_codes(values, palette)
+    colour = [scale[2 * c][1] for c in codes]
+    assert colour == [explore.RIGHT, explore.WRONG, explore.RIGHT, explore.GREY]
+    assert (cmin, cmax) == (-0.5, len(palette) + 0.5)
+    codes, scale, _, _ = explore.category_codes(values, palette, np.array([True, False, False, True]))
+    assert [scale[2 * c][1] for c in codes] == [explore.RIGHT, explore.GREY, explore.GREY, explore.GREY]
 
 
 def test_display_sample_is_stratified_and_keeps_errors_and_selection():
@@ -136,7 +149,8 @@ def test_nearest_neighbours_in_feature_space():
     assert [i for i, _ in explore.nearest_neighbours(features, labels, 0, k=2, same_class=True)] == [1, 4]
     assert [i for i, _ in explore.nearest_neighbours(features, labels, 0, k=2, same_class=False)] == [3, 2]
     d = explore.feature_distances(features, 0, chunk=2)
-    np.testing.assert_allclose(d, [0, 1, 5, 0.5, 10])
+    np.testing.assert_allclose(d, [0, 1, 5, 0.5, 10], atol=1e-3)
+    np.testing.assert_allclose(explore.squared_norms(features, chunk=3), [0, 1, 25, 0.25, 100])
     assert explore.nearest_neighbours(features, labels, 0, k=9, distances=d)[0] == (3, 0.5)
 
 

@@ -55,6 +55,8 @@ def test_shapes_rows_and_float16(tiny, fresh_home):
     assert sorted(table.rows["path"]) == sorted(manifest["path"])
     assert table.folder.parent == fresh_home.resolve() / "cache" / "features"
     assert table.meta["width"] == 128 and table.meta["skipped"] == {}
+    expected = (np.asarray(table.features, dtype=np.float32) ** 2).sum(1)
+    np.testing.assert_allclose(table.norms, expected, rtol=1e-5)
 
 
 def test_each_image_gets_the_features_of_the_fold_model_that_held_it_out(tiny, fresh_home):
