@@ -617,3 +617,18 @@ def test_home_class_table_shows_all_21_rows(env, monkeypatch):
     run_page(HOME)
     rows, height = heights["class_counts"]
     assert rows == len(ABBRS) and height >= 35 * (rows + 1)
+
+
+
+def test_a_small_model_answers_on_one_cpu_thread(monkeypatch):
+    """Targets of issue 13: on a shared 2-core CPU a second intra-op thread made a new image 2-4x slower."""
+    from types import SimpleNamespace
+
+    from bmteach import ui
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    ui.fit_threads(SimpleNamespace(device="cpu", image_size=128))
+    ui.fit_threads(SimpleNamespace(device="cpu", image_size=250))      # ResNeXt-50 keeps every thread
+    ui.fit_threads(SimpleNamespace(device="cuda:0", image_size=128))   # a GPU does the work
+    assert calls == [1]
