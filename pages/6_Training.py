@@ -141,7 +141,8 @@ def fold_grid(run: runs.Run, state: runs.RunState):
         p = s.progress or {}
         metrics = s.metrics or {}
         rows.append({"fold": s.fold, "state": s.state, "epoch": f"{s.epoch}/{s.epochs}",
-                     "progress": round(100 * s.fraction), "loss": p.get("loss"), "accuracy": p.get("accuracy"),
+                     "progress": round(100 * s.fraction), "loss": p.get("loss", metrics.get("train_loss")),
+                     "accuracy": p.get("accuracy", metrics.get("train_accuracy")),
                      "images/s": p.get("images_per_s") if s.state == "running" else None,
                      "ETA (min)": round(p["eta_s"] / 60, 1) if s.state == "running" and p.get("eta_s") else None,
                      "held-out accuracy": metrics.get("accuracy")})
