@@ -224,10 +224,12 @@ def forward_features(model, x, device, autocast: bool = True):
 def _extract_fold(predictor, fold: int, dataset, opts: ExtractOptions, out: np.ndarray, positions: np.ndarray,
                   ok: np.ndarray, tick) -> None:
     """Fill out[positions] with the fold model's features of `dataset` (images of fold `fold` only)."""
+    import torch
+
     device = predictor.device
     model = predictor.model(fold)
-    if device.type == "cuda":
-        model = model.to(memory_format=__import__("torch").channels_last)
+    if device.type == "cuda":  # this Predictor is our own (not the app's shared one): converting it is safe
+        model = model.to(memory_format=torch.channels_last)
     batch = opts.batch_size or (CUDA_BATCH if device.type == "cuda" else CPU_BATCH)
     workers = _default_workers(device.type) if opts.workers is None else opts.workers
     start = 0
