@@ -228,6 +228,7 @@ def trained_on(run_dir: str | Path) -> TrainedOn:
     except (UserError, OSError, ValueError, KeyError):
         count = None
     root = config.get("data_root")
+    root = root if isinstance(root, str) else None  # a hand-edited config may hold anything
     n = f"{count:,} " if count else ""
     if root and is_builtin_synthetic(root):
         return TrainedOn(True, count, f"{n}synthetic cells (the built-in set)")

@@ -170,6 +170,47 @@ def test_a_home_that_cannot_be_created_is_one_sentence_on_every_page(tmp_path, p
     assert any(str(home) in t for t in said), said
 
 
+ALL_PAGES_SCRIPT = """
+import json, logging, sys
+logging.disable(logging.CRITICAL)
+from streamlit.testing.v1 import AppTest
+out = {}
+for page in sys.argv[1:]:
+    at = AppTest.from_file(page, default_timeout=240)
+    at.run()
+    said = [e.value for k in ("error", "warning", "info") for e in list(getattr(at, k)) + list(getattr(at.sidebar, k))]
+    out[page] = {"exceptions": [e.value for e in at.exception], "said": said}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("with_data", [False, True], ids=["defaults", "data-and-run-set"])
+def test_every_page_on_a_real_read_only_home(tmp_path, tiny, with_data):
+    """A real read-only disk: an empty tmpfs mounted read-only as BMTEACH_HOME in a private mount namespace
+    (`unshare -rm`; skipped, with the reason, where it cannot mount). Every page renders without an exception;
+    with the defaults, the built-in data set cannot be drawn and the pages say so in a sentence."""
+    import shlex
+    import subprocess
+    import sys
+
+    home = tmp_path / "ro-home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in (settings.DATA_ENV, settings.RUN_ENV)}
+    env.update({"BMTEACH_HOME": str(home), "PYTHONPATH": str(REPO_ROOT)})
+    if with_data:
+        env.update({settings.DATA_ENV: str(tiny[0]), settings.RUN_ENV: str(tiny[1])})
+    run = " ".join(shlex.quote(a) for a in [sys.executable, "-c", ALL_PAGES_SCRIPT, *PAGES])
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o ro tmpfs {shlex.quote(str(home))} && {run}"],
+                          capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=900)
+    if done.returncode != 0 and "mount" in done.stderr:
+        pytest.skip(f"no private read-only mount here: {done.stderr.strip()[:200]}")
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for page, result in results.items():
+        assert not result["exceptions"], (page, result)
+        if not with_data:
+            assert any("Read-only file system" in t for t in result["said"]), (page, result["said"])
+
+
 def test_home_runs_dir_and_cache_dir_name_the_folder(tmp_path, monkeypatch):
     (tmp_path / "plain-file").write_text("not a folder")
     monkeypatch.setenv("BMTEACH_HOME", str(tmp_path / "plain-file" / "home"))
