@@ -95,6 +95,21 @@ def test_a_symlink_loop_typed_as_a_folder_is_one_sentence(clean, loops):
     assert not settings.settings_path().exists()  # nothing saved on an error
 
 
+@pytest.mark.parametrize("field", ["setting_data", "setting_run"])
+def test_a_loop_typed_in_the_home_form_is_one_sentence(clean, tiny, loops, field, monkeypatch):
+    monkeypatch.setenv(settings.DATA_ENV, str(tiny[0]))  # the page itself shows a usable data set
+    monkeypatch.setenv(settings.SECRET_ENV, "s3cret")
+    at = run_page(HOME)
+    at.text_input(key="home_instructor_secret").input("s3cret").run()
+    at.text_input(key=field).input(str(loops[1])).run()
+    at.button(key="save_settings").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and str(loops[1]) in errors[0], errors
+    one_sentence(errors[0])
+    assert not settings.settings_path().exists()
+
+
 def test_the_path_resolver_names_a_loop_and_a_nul_character(loops):
     with pytest.raises(UserError, match="loop of symbolic links"):
         storage.resolve_path(loops[1])
