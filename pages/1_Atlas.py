@@ -87,8 +87,11 @@ elif metrics is None:
             "numbers are shown.")
 table = atlas.model_vs_paper(metrics)
 row = atlas.class_row(table, abbr)
-numbers = {c: st.column_config.NumberColumn(c, format="%.2f") for c in table.columns if c not in ("class", "name")}
-st.dataframe(atlas.precision_recall_rows(row), hide_index=True, key="atlas_pr", column_config=numbers)
+small = atlas.precision_recall_rows(row)
+# one format per column: two decimals for every score and sd, in both tables
+numbers = {c: st.column_config.NumberColumn(c, format="%.2f")
+           for c in [*table.columns, *small.columns] if c not in ("class", "name", "evaluation")}
+st.dataframe(small, hide_index=True, key="atlas_pr", column_config=numbers)
 lines = [atlas.PAPER_MEASURED_ON]
 if metrics is not None and evaluation is not None:
     lines.append(atlas.model_measured_on(evaluation))

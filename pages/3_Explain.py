@@ -48,7 +48,7 @@ def pick_image(abbr: str) -> str | None:
     """A paged grid of thumbnails with a select button each, a random pick and a 'gets wrong' filter."""
     paths = ui.paths_of_class(active, abbr)
     wrong = wrong_paths()
-    f1, f2 = st.columns([3, 1], vertical_alignment="bottom")
+    f1, f2 = st.columns([3, 2], vertical_alignment="bottom")  # the button label whole at 800 px
     only_wrong = f1.checkbox("Only images the model gets wrong", key="explain_wrong", disabled=wrong is None,
                              help="From the run's out-of-fold predictions: each image judged by the fold model "
                                   "that did not train on it." if wrong is not None else
@@ -78,7 +78,7 @@ def pick_image(abbr: str) -> str | None:
             if thumb is not None:
                 st.image(thumb, width="stretch")
             selected = relpath == chosen
-            st.button("Selected" if selected else "Select", key=f"explain_thumb_{relpath}", width="stretch",
+            st.button("Shown" if selected else "Select", key=f"explain_thumb_{relpath}", width="stretch",
                       type="primary" if selected else "secondary", help=Path(relpath).name,
                       on_click=_choose, args=(state_key, relpath, paths, page_key))
     return chosen

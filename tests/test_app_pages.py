@@ -171,7 +171,7 @@ def test_explain_data_set_image_uses_its_out_of_fold_model(env):
     abbr = at.selectbox(key="explain_class").value
     relpath = sorted(manifest[manifest["label"] == abbr]["path"])[0]
     assert at.session_state[f"explain_pick_{abbr}"] == relpath  # the first thumbnail is selected
-    assert at.button(key=f"explain_thumb_{relpath}").label == "Selected"
+    assert at.button(key=f"explain_thumb_{relpath}").label == "Shown"
     fold = int(manifest.set_index("path").loc[relpath, "fold"])
 
     predictor = Predictor.from_run(run, device="cpu")
@@ -570,7 +570,7 @@ def test_explain_picks_images_from_thumbnails_and_at_random(env):
     assert [b.key for b in at.button if b.key.startswith("explain_thumb_")] == [f"explain_thumb_{p}" for p in paths]
     at.button(key=f"explain_thumb_{paths[1]}").click().run()
     assert at.session_state["explain_pick_EOS"] == paths[1]
-    assert at.button(key=f"explain_thumb_{paths[1]}").label == "Selected"
+    assert at.button(key=f"explain_thumb_{paths[1]}").label == "Shown"
     assert any(c.startswith(paths[1].rsplit("/", 1)[-1]) for c in captions_of(at))
     for _ in range(3):
         at.button(key="explain_random").click().run()
@@ -632,3 +632,23 @@ def test_a_small_model_answers_on_one_cpu_thread(monkeypatch):
     ui.fit_threads(SimpleNamespace(device="cpu", image_size=250))      # ResNeXt-50 keeps every thread
     ui.fit_threads(SimpleNamespace(device="cuda:0", image_size=128))   # a GPU does the work
     assert calls == [1]
+
+
+
+def test_atlas_scores_have_one_number_format_per_column(env, monkeypatch):
+    """Issue 13.5: 0.64 beside 0.9714 in one column read as different precisions; every score column: %.2f."""
+    import streamlit
+
+    configs = {}
+    real = streamlit.dataframe
+
+    def recording(data=None, *args, **kwargs):
+        configs[kwargs.get("key")] = (list(data.columns), kwargs.get("column_config") or {})
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(streamlit, "dataframe", recording)
+    run_page(ATLAS)
+    for key in ("atlas_pr", "atlas_pr_all"):
+        columns, config = configs[key]
+        scores = [c for c in columns if c.startswith(("model", "paper"))]
+        assert scores and all(config[c]["type_config"]["format"] == "%.2f" for c in scores), key
