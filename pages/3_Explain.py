@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from bmteach import ui
-from bmteach.atlas import page_of
+from bmteach.atlas import page_of, run_evaluation
 from bmteach.classes import class_name
 from bmteach.errors import UserError
 from bmteach.explain import deletion_verdict, sanity_verdict
@@ -39,9 +39,14 @@ def _choose(state_key: str, relpath: str, paths: list[str], page_key: str) -> No
 def wrong_paths() -> set[str] | None:
     """Images whose held-out fold model predicts another class than the label (None: no predictions yet)."""
     oof = ui.run_oof(active)
-    if oof is None:
+    if oof is None or evaluated_elsewhere():
         return None
     return set(oof.loc[oof["true"] != oof["pred"], "path"])
+
+
+def evaluated_elsewhere() -> bool:
+    """True when the run's predictions are of another data set (same file names would not be the same cells)."""
+    return run_evaluation(ui.run_config(active), None, active.data_dir, active.data.is_default).same_as_active is False
 
 
 def pick_image(abbr: str) -> str | None:
@@ -52,7 +57,7 @@ def pick_image(abbr: str) -> str | None:
     only_wrong = f1.checkbox("Only images the model gets wrong", key="explain_wrong", disabled=wrong is None,
                              help="From the run's out-of-fold predictions: each image judged by the fold model "
                                   "that did not train on it." if wrong is not None else
-                             "The active run has no out-of-fold predictions yet.")
+                             "The active run has no out-of-fold predictions for this data set.")
     if only_wrong and wrong is not None:
         n_all = len(paths)
         paths = [p for p in paths if p in wrong]

@@ -600,6 +600,10 @@ def test_explain_filter_shows_only_images_the_model_gets_wrong(env, tmp_path, mo
     assert "gets 1 of the 2 eosinophil images wrong" in texts(at)
     at.selectbox(key="explain_class").select("BLA").run()  # a class it gets all right
     assert "No Blast images to show that the model gets wrong." in texts(at)
+    # the same predictions made on another data set (same file names, other cells) are not offered
+    (copy / runs.CONFIG).write_text(json.dumps({"data_root": "/elsewhere/data/synthetic", "num_folds": 2}))
+    at = run_page(EXPLAIN)
+    assert at.checkbox(key="explain_wrong").disabled
 
 
 
