@@ -106,7 +106,7 @@ with st.expander("All classes"):
 
 # --- gallery ------------------------------------------------------------------------------------------------
 st.subheader(f"Examples of {cell.name.lower()}s")
-ui.gallery(active, abbr, key="atlas_gallery")
+ui.gallery(active, abbr, key="atlas_gallery", columns=4)  # captions stay legible at 800 px
 
 # --- compare two classes --------------------------------------------------------------------------------------
 st.header("Compare two classes")
