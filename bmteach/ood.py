@@ -145,6 +145,8 @@ def _features_of(predictor, images: list, fold: int, chunk: int = 64) -> np.ndar
 def fit_run(run_dir: str | Path, data: str | Path | None = None, max_fit_per_class: int = 200, seed: int = 0,
             device: str = "auto", progress=None) -> OodModel:
     """Fit, calibrate, check and store the run's score (runs.OOD); returns it. progress(stage) hears each step."""
+    import pandas as pd
+
     from bmteach.features import resolve_data_root, run_features
     from bmteach.infer import Predictor
 
@@ -161,7 +163,7 @@ def fit_run(run_dir: str | Path, data: str | Path | None = None, max_fit_per_cla
     for _, group in train.groupby("label", sort=True):
         order = rng.permutation(len(group))[:max_fit_per_class]
         picked.append(group.iloc[np.sort(order)])
-    train = __import__("pandas").concat(picked) if picked else train
+    train = pd.concat(picked) if picked else train
     say(f"training features of the fold-{fold} model ({len(train)} images)")
     images, kept = _load_images(root, train["path"].tolist())
     if not images:
