@@ -36,10 +36,10 @@ from bmteach.storage import atomic_write_json, cache_dir, read_json
 FEATURES = "features.npy"
 NORMS = "norms.npy"      # squared length of each feature row (float32): nearest neighbours in one pass
 ROWS = "rows.csv"
-META = "meta.json"
+META = "features.json"   # the cache entry's description (not a run-folder file: see runs.py)
 FORMAT_VERSION = 3  # 2: skipped images as count + examples; 3: norms.npy
 CPU_BATCH, CUDA_BATCH = 64, 512
-SKIPPED_EXAMPLES = 10  # meta.json names this many skipped images per reason (and counts them all)
+SKIPPED_EXAMPLES = 10  # features.json names this many skipped images per reason (and counts them all)
 
 _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
