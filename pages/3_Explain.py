@@ -38,7 +38,10 @@ def _choose(state_key: str, relpath: str, paths: list[str], page_key: str) -> No
 
 def wrong_paths() -> set[str] | None:
     """Images whose held-out fold model predicts another class than the label (None: no predictions yet)."""
-    oof = ui.run_oof(active)
+    try:
+        oof = ui.run_oof(active)
+    except (UserError, OSError):  # a damaged oof.csv: no filter (the Errors page says what is wrong with it)
+        return None
     if oof is None or evaluated_elsewhere():
         return None
     return set(oof.loc[oof["true"] != oof["pred"], "path"])

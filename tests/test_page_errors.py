@@ -132,3 +132,13 @@ def test_or_stop_turns_user_and_os_errors_into_one_sentence():
         "/d/a.jpg is not there any more (moved or deleted since the page was opened?).")
     assert ui.error_sentence(PermissionError(errno.EROFS, os.strerror(errno.EROFS), "/h/s.json")) == (
         "/h/s.json cannot be read or written (Read-only file system).")
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe,,\n\x00", b"a,b\n1,2\n"], ids=["garbage", "wrong-columns"])
+def test_a_damaged_oof_file_leaves_explain_working(env, content):
+    """Explain's 'only the wrong ones' filter reads the run's predictions: a damaged oof.csv turns the filter off
+    instead of raising (the Errors page is where the file's problem is named)."""
+    _, run = env
+    (run / "oof.csv").write_bytes(content)
+    at = run_page(EXPLAIN)
+    assert at.get("imgs") or at.image or at.dataframe  # the page went on to the image and its probabilities
