@@ -299,11 +299,18 @@ def _finish(tmp: Path, out: np.ndarray, rows: pd.DataFrame, ok: np.ndarray, skip
 
 
 def _swap_in(tmp: Path, folder: Path) -> None:
+    """Rename the finished tmp folder into place. A complete folder already there means another process won the
+    race (keep it); an incomplete one (a crash, an older layout) is moved aside and replaced."""
     try:
         tmp.rename(folder)
+        return
     except OSError:
-        if not (folder / META).is_file():  # another process won the race only if it left a complete folder
-            raise
+        if (folder / META).is_file():
+            return
+    stale = folder.parent / f".{folder.name}.stale-{os.getpid()}-{time.time_ns()}"
+    folder.rename(stale)
+    shutil.rmtree(stale, ignore_errors=True)
+    tmp.rename(folder)
 
 
 def skipped_summary(table: FeatureTable) -> str | None:

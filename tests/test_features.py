@@ -130,3 +130,13 @@ def test_relative_and_absolute_run_paths_share_a_key(tiny, monkeypatch):
     data, run = tiny
     monkeypatch.chdir(run.parent)
     assert features.cache_key("run", data) == features.cache_key(run.resolve(), data)
+
+
+def test_an_incomplete_cache_folder_is_replaced(tiny, fresh_home):
+    data, run = tiny
+    stale = features.cache_folder(run, data)
+    stale.mkdir(parents=True)
+    (stale / "features.npy").write_bytes(b"half a file")   # a crash or an older layout: no description file
+    table = features.run_features(run, data, options=opts())
+    assert table.folder == stale and (stale / features.META).is_file()
+    assert table.features.shape[1] == 128
