@@ -27,19 +27,15 @@ if not active.has_run:
 
 # --- the map: from disk, on first use for a small run, by command for a large one ------------------------
 n_images = sum((ui.run_manifest_counts(active) or {}).values())
-try:
-    emb = ui.feature_map(active)
-    if emb is None and n_images <= ui.MAP_AUTO_LIMIT:
-        emb = ui.feature_map(active, compute=True)
-except UserError as exc:
-    st.error(str(exc))
-    st.stop()
+emb = ui.or_stop(ui.feature_map, active)
+if emb is None and n_images <= ui.MAP_AUTO_LIMIT:
+    emb = ui.or_stop(ui.feature_map, active, compute=True)
 if emb is None:
     st.info(f"This run has {n_images:,} images; its map is computed once, on a GPU machine or overnight, with "
             f"`python -m bmteach embed {active.run_dir} --data {active.data_dir}`; the page then loads it.")
     with st.expander("Compute it on this server now (instructor; can take long)"):
         if ui.instructor_guard("fm_compute") and st.button("Compute the map", key="fm_compute_now"):
-            emb = ui.feature_map(active, compute=True)
+            emb = ui.or_stop(ui.feature_map, active, compute=True)
     if emb is None:
         st.stop()
 

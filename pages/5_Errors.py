@@ -18,11 +18,7 @@ ui.require_data(active)
 if not active.has_run:
     st.warning(active.run_error)
     st.stop()
-try:
-    oof = ui.run_oof(active)
-except UserError as exc:
-    st.error(str(exc))
-    st.stop()
+oof = ui.or_stop(ui.run_oof, active)
 if oof is None or oof.empty:
     st.info("This run has no out-of-fold predictions yet: come back when a fold has finished training.")
     st.stop()
@@ -90,7 +86,7 @@ st.dataframe(explore.most_confused(counts, classes, top=10), hide_index=True, ke
              column_config={"share of expert class": st.column_config.NumberColumn(format="%.2f")})
 
 st.header("Per class, beside the paper's Table 1")
-table = ui.class_table(active)
+table = ui.or_stop(ui.class_table, active)
 cols = ["class", "name", "images", f"model {mode} precision", f"paper {mode} precision",
         f"model {mode} recall", f"paper {mode} recall"]
 st.dataframe(table[cols], hide_index=True, key="err_class_table",
@@ -102,7 +98,7 @@ st.caption("Model: this run's out-of-fold mean over folds. Paper: Matek et al. 2
 st.header("Possible label errors")
 st.markdown("Confident learning (cleanlab) flags images whose expert label the held-out models doubt more than "
             "that class's typical image: candidates to re-examine, not proven mistakes.")
-issues = ui.label_issues(active)
+issues = ui.or_stop(ui.label_issues, active)
 st.metric("Images flagged", explore.share_text(len(issues), len(oof)))
 if len(issues):
     per_page = 5
