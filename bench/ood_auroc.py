@@ -40,7 +40,9 @@ def main() -> None:
     predictor = Predictor.from_run(args.run, device="cpu")
     table = run_features(args.run, resolve_data_root(args.run, args.data))
     held = np.flatnonzero(table.rows["fold"].to_numpy() == model.fold)
-    syn_scores = model.score(np.asarray(table.features, np.float32)[held])
+    root = resolve_data_root(args.run, args.data)
+    held_images = [Image.open(root / p).convert("RGB") for p in table.rows["path"].iloc[held]]
+    syn_scores = model.score(np.asarray(table.features, np.float32)[held], ood.image_stats(held_images))
     _, test = real_split(args.real)
     real_scores, real_labels = [], []
     for abbr, files in test.items():

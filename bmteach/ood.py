@@ -11,8 +11,12 @@ fold model of the run, the reference fold (the first trained one: the model Expl
   never trained on it), split in two seeded halves: the threshold is the 95th percentile of the first half's
   scores, so about 5% of in-distribution images are flagged; the second half checks that share.
 
-score = sqrt(min over classes of the squared distance / feature width); higher = more unusual. It is stored
-beside the run (runs.OOD) as JSON and read back without torch.
+score = sqrt(min over classes of the squared distance / feature width), plus a guard on two image statistics
+(log grey-level sd and log variance of the Laplacian: contrast and texture): how far an image lies beyond the
+99th percentile of the training images' Mahalanobis distance in those two, so an image with no texture or
+contrast like any training cell (a uniform patch, a blank scan) scores high even when its pooled features land
+near a class (the artefact class is mostly background). Higher = more unusual. The threshold is set on the
+combined score. It is stored beside the run (runs.OOD) as JSON and read back without torch.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from bmteach import runs
 from bmteach.errors import UserError
 from bmteach.storage import atomic_write_json, read_json
 
-FORMAT = 1
+FORMAT = 2
 QUANTILE = 0.95
 WARNING = ("This image is unlike the {what} this model learnt from; its answer is a guess.")
 
@@ -43,9 +47,22 @@ class OodModel:
     rest_var: float          # mean variance of the directions left out (k < F)
     threshold: float
     info: dict
+    stat_mean: np.ndarray | None = None   # (2,) training images' log contrast and log texture
+    stat_prec: np.ndarray | None = None   # (2, 2) their inverse covariance
+    stat_q: float = 0.0                   # 99th percentile of the training images' distance in those two
 
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """(n,) scores of (n, F) features; higher = further from every class of the training set."""
+    def stat_excess(self, stats: np.ndarray) -> np.ndarray:
+        """How far (in Mahalanobis units) each image's contrast/texture lies beyond the training images' 99th
+        percentile; 0 for most in-distribution images."""
+        if self.stat_mean is None or stats is None:
+            return np.zeros(len(stats) if stats is not None else 0)
+        d = np.asarray(stats, float) - self.stat_mean
+        dist = np.sqrt(np.einsum("ni,ij,nj->n", d, self.stat_prec, d))
+        return np.clip(dist - self.stat_q, 0, None)
+
+    def score(self, features: np.ndarray, stats: np.ndarray | None = None) -> np.ndarray:
+        """(n,) scores of (n, F) features (and (n, 2) image statistics, see image_stats); higher = further from
+        every class of the training set."""
         x = np.asarray(features, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.means.shape[1]:
             raise UserError(f"Features of width {x.shape[-1]} do not fit this score (width {self.means.shape[1]}).")
@@ -57,7 +74,7 @@ class OodModel:
             resid = np.clip((d ** 2).sum(-1) - (p ** 2).sum(-1), 0, None) / max(self.rest_var, 1e-12)
             total = inside + (resid if self.basis.shape[1] < self.basis.shape[0] else 0.0)
             out[start:start + 256] = np.sqrt(total.min(1) / self.means.shape[1])
-        return out
+        return out if stats is None else out + self.stat_excess(stats)
 
     def flag(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.threshold
@@ -85,6 +102,27 @@ def fit_score(features: np.ndarray, labels: np.ndarray, shrink: float = 0.1, max
                     threshold=float("inf"), info={"classes": [str(c) for c in classes]})
 
 
+def image_stats(images: list) -> np.ndarray:
+    """(n, 2) log grey-level sd and log Laplacian variance of PIL images at 128 px (contrast and texture)."""
+    from PIL import Image
+    from scipy import ndimage
+    out = []
+    for im in images:
+        grey = np.asarray(im.convert("L").resize((128, 128), Image.BILINEAR), dtype=np.float64)
+        out.append((np.log1p(grey.std()), np.log1p(ndimage.laplace(grey).var())))
+    return np.asarray(out, dtype=np.float64).reshape(-1, 2)
+
+
+def fit_stats(model: OodModel, stats: np.ndarray) -> None:
+    """The contrast/texture guard from the training images' statistics."""
+    stats = np.asarray(stats, float)
+    model.stat_mean = stats.mean(0)
+    cov = np.cov(stats.T) + 1e-6 * np.eye(2)
+    model.stat_prec = np.linalg.inv(cov)
+    d = stats - model.stat_mean
+    model.stat_q = float(np.quantile(np.sqrt(np.einsum("ni,ij,nj->n", d, model.stat_prec, d)), 0.99))
+
+
 def calibrate(model: OodModel, scores: np.ndarray, quantile: float = QUANTILE) -> float:
     """The threshold above which `1 - quantile` of these (held-out, in-distribution) scores lie."""
     model.threshold = float(np.quantile(np.asarray(scores, float), quantile))
@@ -103,6 +141,8 @@ def save(model: OodModel, run_dir: str | Path) -> Path:
         "format": FORMAT, "method": "class-conditional Mahalanobis distance in penultimate features",
         "fold": model.fold, "threshold": model.threshold, "rest_var": model.rest_var,
         "means": _round(model.means), "basis": _round(model.basis), "spread": _round(model.spread),
+        "stat_mean": None if model.stat_mean is None else model.stat_mean.tolist(),
+        "stat_prec": None if model.stat_prec is None else model.stat_prec.tolist(), "stat_q": model.stat_q,
         **model.info})
     return path
 
@@ -116,9 +156,13 @@ def load(run_dir: str | Path) -> OodModel | None:
         d = read_json(path)
         if d.get("format") != FORMAT:
             return None
-        info = {k: v for k, v in d.items() if k not in ("means", "basis", "spread", "threshold", "rest_var", "fold")}
+        arrays = ("means", "basis", "spread", "threshold", "rest_var", "fold", "stat_mean", "stat_prec", "stat_q")
+        info = {k: v for k, v in d.items() if k not in arrays}
+        stat = d.get("stat_mean") is not None
         return OodModel(int(d["fold"]), np.asarray(d["means"], np.float32), np.asarray(d["basis"], np.float32),
-                        np.asarray(d["spread"], np.float32), float(d["rest_var"]), float(d["threshold"]), info)
+                        np.asarray(d["spread"], np.float32), float(d["rest_var"]), float(d["threshold"]), info,
+                        np.asarray(d["stat_mean"], float) if stat else None,
+                        np.asarray(d["stat_prec"], float) if stat else None, float(d.get("stat_q") or 0.0))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -171,6 +215,8 @@ def fit_run(run_dir: str | Path, data: str | Path | None = None, max_fit_per_cla
     labels = train.set_index("path").loc[kept, "label"].to_numpy()
     model = fit_score(_features_of(predictor, images, fold), labels)
     model.fold = fold
+    fit_stats(model, image_stats(images))
+    del images
     say("held-out features (bmteach.features, cached)")
     table = run_features(run_dir, root)
     held = np.flatnonzero(table.rows["fold"].to_numpy() == fold)
@@ -179,8 +225,13 @@ def fit_run(run_dir: str | Path, data: str | Path | None = None, max_fit_per_cla
     order = rng.permutation(held)
     cal, check = np.sort(order[:len(order) // 2]), np.sort(order[len(order) // 2:])
     feats = np.asarray(table.features, dtype=np.float32)
-    threshold = calibrate(model, model.score(feats[cal]))
-    check_share = float(model.flag(model.score(feats[check])).mean())
+    say(f"contrast and texture of the {len(held)} held-out images")
+    stats = np.full((len(table.rows), 2), np.nan)
+    held_images, kept_held = _load_images(root, table.rows["path"].iloc[held].tolist())
+    stats[held[np.isin(table.rows["path"].iloc[held].to_numpy(), kept_held)]] = image_stats(held_images)
+    stats = np.where(np.isnan(stats), model.stat_mean, stats)     # an unreadable file counts as usual
+    threshold = calibrate(model, model.score(feats[cal], stats[cal]))
+    check_share = float(model.flag(model.score(feats[check], stats[check])).mean())
     model.info.update({
         "quantile": QUANTILE, "fit_images": len(kept), "calibration_images": int(len(cal)),
         "check_images": int(len(check)), "check_flagged_share": round(check_share, 4),
@@ -198,7 +249,7 @@ def ensure(run_dir: str | Path, data: str | Path | None = None, **kwargs) -> Ood
 
 def score_images(predictor, model: OodModel, images: list) -> tuple[np.ndarray, np.ndarray]:
     """(scores, flags) of PIL images, through the reference fold's model."""
-    scores = model.score(_features_of(predictor, images, model.fold))
+    scores = model.score(_features_of(predictor, images, model.fold), image_stats(images))
     return scores, model.flag(scores)
 
 

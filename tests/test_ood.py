@@ -87,7 +87,7 @@ def test_demo_score_is_calibrated_on_held_out_synthetic_cells(demo):
     _, model = demo
     info = model.info
     # the threshold leaves 5% of the calibration half above it; the other half of the same held-out fold
-    # (about 210 images) lands near 5% too: binomial sd 1.5 points, tolerance 4
+    # (about 210 images) lands near 5% too: binomial sd 1.5 points, tolerance 4 (shipped: 7.6%)
     assert info["quantile"] == 0.95 and info["calibration_images"] >= 100 and info["check_images"] >= 100
     assert abs(info["check_flagged_share"] - 0.05) <= 0.04
     assert "synthetic" in info["trained_on"]
@@ -101,14 +101,20 @@ def test_demo_flags_a_uniform_colour_patch(demo):
 
 
 def test_demo_flags_real_cells(demo, real_sample):
+    from bmteach import synth
+
     predictor, model = demo
     files = sorted(real_sample.rglob("*.jpg"))[::12]     # 35 cells spread over the 7 classes
-    images = [Image.open(f).convert("RGB") for f in files]
-    scores, flags = ood.score_images(predictor, model, images)
-    # a model trained on synthetic cells only: many real cells are unlike anything it learnt (62% of the real
-    # sample's test half are flagged, AUROC 0.94 against held-out synthetic cells: bench/ood_auroc.py); at the
-    # 5% threshold a score that ignored real cells would flag about 2 of these 35
-    assert flags.mean() >= 0.45, (flags.mean(), np.round(scores, 2))
+    real, real_flags = ood.score_images(predictor, model, [Image.open(f).convert("RGB") for f in files])
+    fresh = [synth.generate_cell(a, synth.cell_rng(7, a, n))[0]           # 35 new synthetic cells of the same classes
+             for a in ("BLA", "EOS", "LYT", "MON", "NGS", "NIF", "PMO") for n in range(1, 6)]
+    syn, syn_flags = ood.score_images(predictor, model, fresh)
+    # generator 3 is close enough that only some real cells look foreign to the demo (15% of the real test half
+    # flagged, AUROC 0.78 against held-out synthetic: bench/ood_auroc.py); still real cells score higher and
+    # some are flagged. The page's "learnt from synthetic cells only" sentence does not depend on this score.
+    assert real_flags.any()
+    assert np.median(real) > np.median(syn)
+    assert real_flags.mean() > syn_flags.mean()
 
 
 def test_predict_json_carries_the_score_on_every_line(demo, tmp_path, capsys):
