@@ -8,6 +8,7 @@ import os
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,3 +143,43 @@ def test_a_damaged_oof_file_leaves_explain_working(env, content):
     (run / "oof.csv").write_bytes(content)
     at = run_page(EXPLAIN)
     assert at.get("imgs") or at.image or at.dataframe  # the page went on to the image and its probabilities
+
+
+PAGES = [HOME] + [str(REPO_ROOT / "pages" / p.file) for items in ui.present_pages().values() for p in items
+                  if p.file != ui.HOME_PAGE]
+
+
+def _damage_data(data) -> None:
+    """Odd entries inside the data set, each next to good images: a self-referencing link, a FIFO, a file name
+    that is not UTF-8, a class folder linked to another, a folder named like an image, an empty image, a
+    dangling link, a looping sub-folder of the root."""
+    import shutil
+
+    bla = next((data / "BLA").iterdir())
+    good = next(bla.glob("*.jpg")).read_bytes()  # before the FIFO exists: reading that would wait forever
+    (bla / "loop.jpg").symlink_to(bla / "loop.jpg")
+    os.mkfifo(bla / "pipe.jpg")
+    Path(os.fsdecode(bytes(bla) + b"/\xff\xfe.jpg")).write_bytes(good)
+    shutil.rmtree(data / "NGB")
+    (data / "NGB").symlink_to(data / "BLA")
+    (bla / "x.jpg").mkdir()
+    (bla / "e.jpg").write_bytes(b"")
+    (bla / "gone.jpg").symlink_to("/nonexistent/gone.jpg")
+    (data / "loopdir").symlink_to(data / "loopdir")
+
+
+def _damage_run(run) -> None:
+    """Every run file a page reads, damaged at once (fold models intact): config, manifest, predictions,
+    metrics."""
+    (run / "config.json").write_text("[1]")
+    (run / "manifest.csv").write_bytes(b"\xff\xfe\x00")
+    (run / "oof.csv").write_bytes(b"\xff\xfe,,\n\x00")
+    (run / "metrics.json").write_text("[]")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: Path(p).name)
+def test_every_page_survives_a_damaged_data_set_and_run(env, page):
+    data, run = env
+    _damage_data(data)
+    _damage_run(run)
+    run_page(page)
