@@ -66,7 +66,9 @@ def test_json_lines_in_order_errors_for_bad_files_and_exit_1(run, files, capsys)
             assert set(line) == {"path", "error"}
             assert line["error"] and "\n" not in line["error"] and "Traceback" not in line["error"]
         else:
-            assert set(line) == {"path", "pred", "probs"}
+            # this run has no ood.json: the out-of-distribution fields are there, and say "no score"
+            assert set(line) == {"path", "pred", "probs", "ood_score", "ood"}
+            assert line["ood_score"] is None and line["ood"] is None
             assert list(line["probs"]) == list(ABBRS)
             assert sum(line["probs"].values()) == pytest.approx(1.0, abs=1e-4)
             assert line["pred"] == max(line["probs"], key=line["probs"].get)
@@ -92,7 +94,9 @@ def test_readable_errors_go_to_stderr(run, files, capsys):
     captured = capsys.readouterr()
     assert status == 1
     assert captured.out.count("\n") == 1 and str(files["good"]) in captured.out
-    assert captured.err.startswith(f"{files['text']}: error: ")
+    note, error = captured.err.splitlines()
+    assert note.startswith("note: ") and "no out-of-distribution score yet" in note
+    assert error.startswith(f"{files['text']}: error: ")
 
 
 def test_a_missing_run_is_one_sentence_with_status_2(tmp_path, files, capsys):
