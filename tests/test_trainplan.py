@@ -13,14 +13,14 @@ from bmteach.errors import UserError
 
 def test_projection_is_images_over_the_measured_rate():
     rate, base = trainplan.throughput("resnext50", "cuda", 250)
-    assert rate == base.images_per_s == 1860.0
+    assert rate == base.images_per_s == 1495.0
     # paper protocol: 5 folds x 13 epochs x 21 x 25,000 images + each image predicted once at 3x speed
     seconds = trainplan.projected_seconds("resnext50", "cuda", 250, 5, 5, 13, 25_000, 171_374)
-    expected = 20 + 5 * 13 * 21 * 25_000 / 1860 + 171_374 / (3 * 1860)
+    expected = 20 + 5 * 13 * 21 * 25_000 / 1495 + 171_374 / (3 * 1495)
     assert seconds == pytest.approx(expected)
     assert trainplan.format_duration(seconds) == "about 5.1 h"
     # half the side, a quarter of the pixels: four times the rate
-    assert trainplan.throughput("resnext50", "cuda", 125)[0] == pytest.approx(4 * 1860)
+    assert trainplan.throughput("resnext50", "cuda", 125)[0] == pytest.approx(4 * 1495)
     assert trainplan.projected_seconds("sequential", "cuda", 128, 5, 5, 1, 10, 100) is None
     assert trainplan.format_duration(None) == "not measured for this model and device"
 
