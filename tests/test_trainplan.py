@@ -18,7 +18,7 @@ def test_projection_is_images_over_the_measured_rate():
     seconds = trainplan.projected_seconds("resnext50", "cuda", 250, 5, 5, 13, 25_000, 171_374)
     expected = 20 + 5 * 13 * 21 * 25_000 / 1495 + 171_374 / (3 * 1495)
     assert seconds == pytest.approx(expected)
-    assert trainplan.format_duration(seconds) == "about 5.1 h"
+    assert trainplan.format_duration(seconds) == "about 6.4 h"
     # half the side, a quarter of the pixels: four times the rate
     assert trainplan.throughput("resnext50", "cuda", 125)[0] == pytest.approx(4 * 1495)
     assert trainplan.projected_seconds("sequential", "cuda", 128, 5, 5, 1, 10, 100) is None
