@@ -7,77 +7,26 @@ installs both).
 """
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
+from browser import CHROMIUM, CHROMIUM_ARGS, require_browser, streamlit_server, wait_until_idle
 
 from bmteach.classes import ABBRS
-from bmteach.storage import DEMO_RUN, REPO_ROOT
+from bmteach.storage import DEMO_RUN
 from bmteach.synth import generate_dataset
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-if not Path(CHROMIUM).exists():
-    pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
-
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+playwright = require_browser()
 PER_CLASS = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_health(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited early (exit status {proc.returncode}); see its log")
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError("streamlit did not become healthy in time")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     data = generate_dataset(root / "data", per_class=PER_CLASS, seed=0, workers=1)
-    port = _free_port()
-    env = {**os.environ, "BMTEACH_DATA": str(data), "BMTEACH_RUN": str(DEMO_RUN),
-           "BMTEACH_HOME": str(root / "home"), "OMP_NUM_THREADS": "1"}
-    env.pop("BMTEACH_INSTRUCTOR_SECRET", None)
-    # The server's output goes to a file, never a pipe nobody reads: a full pipe would block the server.
-    log = open(root / "streamlit.log", "wb")  # noqa: SIM115 - closed in the teardown below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none"],
-        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for_health(url, proc)
+    env = {"BMTEACH_DATA": str(data), "BMTEACH_RUN": str(DEMO_RUN), "BMTEACH_HOME": str(root / "home")}
+    with streamlit_server(env, root) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +44,6 @@ def open_page(browser, url: str):
     page.goto(url)
     page.get_by_role("heading", level=1).first.wait_for(timeout=60_000)
     return page
-
-
-def wait_until_idle(page, timeout_ms: int = 60_000) -> None:
-    """Wait until Streamlit has finished running the script (its 'Running...' status widget is gone)."""
-    page.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=timeout_ms)
 
 
 def assert_no_exception(page) -> None:
@@ -150,30 +94,10 @@ def test_explain_shows_predictions_and_a_broken_upload_is_one_sentence(server, b
 @pytest.fixture
 def empty_home_server(tmp_path):
     """A server on an empty BMTEACH_HOME and no BMTEACH_DATA: its first page view starts the generation of the
-    built-in data set. It runs in its own process group, so the generation child is stopped with it."""
-    import signal
-
-    port = _free_port()
-    env = {**os.environ, "BMTEACH_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
-    for name in ("BMTEACH_DATA", "BMTEACH_RUN", "BMTEACH_INSTRUCTOR_SECRET"):
-        env.pop(name, None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for_health(url, proc)
+    built-in data set (stopped with the server's process group)."""
+    with streamlit_server({"BMTEACH_HOME": str(tmp_path / "home")}, tmp_path,
+                          unset=("BMTEACH_DATA", "BMTEACH_RUN")) as url:
         yield url
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=10)
-                break
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
 
 
 def test_two_sessions_on_an_empty_home_both_see_the_title_and_the_shared_progress(empty_home_server, browser):

@@ -4,34 +4,13 @@ student opens the quiz link (token in the URL), types a class into the picker, a
 Skipped where Chromium or Playwright is not installed (.ci/run installs both)."""
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
-
 import pytest
+from browser import CHROMIUM, CHROMIUM_ARGS, require_browser, streamlit_server
 from quiz_helpers import make_quiz_setup
 
-from bmteach.storage import REPO_ROOT
 from bmteach.store import Store
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-if not Path(CHROMIUM).exists():
-    pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
-
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+playwright = require_browser()
 
 
 @pytest.fixture(scope="module")
@@ -39,37 +18,12 @@ def quiz_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("quizbrowser")
     data, run = make_quiz_setup(root)
     db_url = f"sqlite:///{root / 'quiz.sqlite'}"
-    port = _free_port()
-    env = {**os.environ, "BMTEACH_DATA": str(data), "BMTEACH_RUN": str(run), "BMTEACH_HOME": str(root / "home"),
-           "BMTEACH_DB_URL": db_url, "OMP_NUM_THREADS": "1"}
-    env.pop("BMTEACH_INSTRUCTOR_SECRET", None)
-    log = open(root / "streamlit.log", "wb")  # noqa: SIM115 - closed in the teardown below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
-         "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none"],
-        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, "streamlit exited early"
-            try:
-                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                assert time.monotonic() < deadline, "streamlit did not become healthy in time"
-                time.sleep(0.5)
+    env = {"BMTEACH_DATA": str(data), "BMTEACH_RUN": str(run), "BMTEACH_HOME": str(root / "home"),
+           "BMTEACH_DB_URL": db_url}
+    with streamlit_server(env, root) as url:
         store = Store(db_url)
         yield url, store
         store.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def test_a_student_answers_in_the_browser_and_sees_the_reveal(quiz_server):
