@@ -37,9 +37,7 @@ SCHEDULER = Scheduler(enable_fuzzing=False)  # deterministic intervals: the same
 def read_predictions(run_dir: str | Path) -> pd.DataFrame | None:
     """The run's out-of-fold predictions (path, true, pred, fold, prob_<ABBR>...), or None when there are none."""
     from bmteach import runs
-    if hasattr(runs, "read_oof"):
-        return runs.read_oof(Path(run_dir))
-    return runs.open_run(run_dir).oof()
+    return runs.read_oof(Path(run_dir))
 
 
 def build_pool(oof: pd.DataFrame, data_items: Iterable[tuple[str, str]] | None = None) -> pd.DataFrame:

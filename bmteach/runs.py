@@ -630,14 +630,6 @@ class Run:
     def running(self) -> bool:
         return run_state(self).state == "running"
 
-    def oof(self) -> pd.DataFrame | None:
-        """All out-of-fold predictions: run/oof.csv, else the completed folds' files joined (None if none)."""
-        path = self.path / OOF
-        if path.is_file():
-            return pd.read_csv(path, keep_default_na=False)
-        parts = [pd.read_csv(self.fold_dirs[k] / OOF, keep_default_na=False) for k in self.complete_folds()]
-        return pd.concat(parts, ignore_index=True) if parts else None
-
     def metrics(self) -> dict | None:
         try:
             return read_json(self.path / METRICS)

@@ -17,7 +17,7 @@ from bmteach.__main__ import main
 from bmteach.data import read_manifest
 from bmteach.errors import UserError
 from bmteach.models import load_checkpoint
-from bmteach.runs import (LOCK_NAME, PARENT_LOCK_ENV, RunLock, launch_training, lock_owner, open_run, read_log, read_progress,
+from bmteach.runs import (LOCK_NAME, PARENT_LOCK_ENV, RunLock, launch_training, lock_owner, open_run, read_log, read_oof, read_progress,
                           stop_training)
 from bmteach.train import (build_or_read_manifest, plan_parallel_folds, run_training, split_fold)
 from helpers import TINY, make_tiny_dataset, prepared_run, state_dicts_equal, tiny_config
@@ -84,7 +84,7 @@ def test_every_image_is_predicted_exactly_once(tiny_data, tmp_path):
     assert (out / "metrics.json").is_file()                         # evaluated at the end
     run = open_run(out)
     assert run.is_complete() and [s.state for s in run.status()] == ["complete"] * 3
-    assert len(run.oof()) == 40
+    assert len(read_oof(out)) == 40 and read_oof(out)["path"].tolist() == manifest["path"].tolist()
 
 
 # --- resume ------------------------------------------------------------------------------------------------
