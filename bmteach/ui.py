@@ -431,7 +431,9 @@ def read_data_bytes(data_dir: str, relpath: str) -> bytes:
 MAX_SIDE = 1024  # larger uploads are shrunk once: the models see 128-250 px and the page shows ~300 px
 
 
-@st.cache_data(max_entries=128, show_spinner=False)
+# Bounded: a decoded image is up to MAX_SIDE^2 x 3 bytes (3 MB); 32 of them cap this cache near 100 MB, shared
+# by every session, so memory returns close to idle when a class's sessions close (an upload drops out of it).
+@st.cache_data(max_entries=32, ttl=3600, show_spinner=False)
 def decode_image(image_bytes: bytes, name: str = "The image") -> Image.Image:
     """Any odd format -> RGB (images.load_image); a bad file raises BadImageError, one sentence naming `name`."""
     from bmteach.images import load_image
@@ -522,7 +524,7 @@ def _predict_probs(run_dir: str, stamp: tuple, image_bytes: bytes, fold: int | N
     return model.predict_proba([decode_image(image_bytes)], fold=fold)[0]
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
+@st.cache_data(max_entries=128, ttl=3600, show_spinner=False)  # maps of up to 250 x 250 float32: <= 32 MB
 def _gradcam_map(run_dir: str, stamp: tuple, image_bytes: bytes, fold: int, target: int,
                  versus: int | None = None) -> np.ndarray:
     """Grad-CAM (H, W) in [0, 1] at the model's input size; with `versus`, evidence for target rather than it."""
