@@ -110,6 +110,10 @@ def submit(run_dir: str | Path, cmd: list[str]) -> Job:
     run_dir = Path(run_dir).expanduser().resolve()
     if not _is_train_command(cmd):
         raise UserError("Only `python -m bmteach train` commands can be queued.")
+    stale = job_for(run_dir)
+    if stale is not None and stale.pid and not runs.pid_alive(stale.pid):
+        # its process is gone (killed, crashed) and the supervisor has not polled yet: the job is over
+        stale.path.unlink(missing_ok=True)
     if job_for(run_dir) is not None or runs.lock_owner(run_dir) is not None:
         raise UserError(f"{run_dir.name} is already queued or training; stop it first.")
     run_dir.mkdir(parents=True, exist_ok=True)

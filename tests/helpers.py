@@ -47,3 +47,19 @@ def prepared_run(data: Path, out: Path, cfg: TrainConfig) -> pd.DataFrame:
     manifest = build_or_read_manifest(data, None, cfg.num_folds, cfg.seed)
     prepare_run(cfg, out, manifest, resume=False)
     return manifest
+
+
+def train_in_child(data: Path, out: Path, *extra: str) -> int:
+    """`python -m bmteach train` in a fresh process with one CPU thread, as the app launches it. Runs compared
+    bit for bit with a launched (killed, stopped) run are made this way too, so no state of the test process
+    (thread pools, libraries loaded by earlier tests) can tell them apart."""
+    import os
+    import subprocess
+    import sys
+
+    from bmteach.storage import REPO_ROOT
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "bmteach", "train", "--data", str(data), "--out", str(out), *TINY, *extra]
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=600).returncode

@@ -10,6 +10,7 @@ import multiprocessing as mp
 import os
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -256,3 +257,22 @@ def test_the_supervisor_runs_queued_jobs_one_after_another(tmp_path):
     while jobs.supervisor_alive() and time.time() < deadline:   # the supervisor leaves once the queue is empty
         time.sleep(0.1)
     assert not jobs.supervisor_alive()
+
+
+def test_a_run_whose_queued_process_died_can_be_resubmitted_before_the_supervisor_notices(fresh_home, tmp_path,
+                                                                                         monkeypatch):
+    """A crashed run's job file may outlive its process by one supervisor poll: resubmitting then is allowed."""
+    from dataclasses import asdict
+
+    run_dir = (tmp_path / "run").resolve()
+    run_dir.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    train = [sys.executable, "-m", "bmteach", "train"]
+    old = jobs.Job(id=f"{time.time_ns():020d}-run", run=str(run_dir), cmd=train, submitted=time.time(), pid=dead.pid)
+    atomic_write_json(old.path, asdict(old))
+    started = []
+    monkeypatch.setattr(jobs, "ensure_supervisor", lambda: started.append(True) or True)
+    again = jobs.submit(run_dir, train + ["--resume"])
+    assert again.id != old.id and again.waiting and started == [True]
+    assert [j.id for j in jobs.jobs()] == [again.id]

@@ -20,7 +20,7 @@ from bmteach.models import load_checkpoint
 from bmteach.runs import (LOCK_NAME, PARENT_LOCK_ENV, RunLock, launch_training, lock_owner, open_run, read_log, read_oof, read_progress,
                           stop_training)
 from bmteach.train import (build_or_read_manifest, plan_parallel_folds, run_training, split_fold)
-from helpers import TINY, make_tiny_dataset, prepared_run, state_dicts_equal, tiny_config
+from helpers import TINY, make_tiny_dataset, prepared_run, state_dicts_equal, tiny_config, train_in_child
 
 REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_resume_after_a_stop_is_bit_identical(tiny_data, tmp_path):
 def test_killed_training_process_resumes_to_the_same_model(tiny_data, tmp_path, monkeypatch):
     args = ["--num-folds", "2", "--folds", "0", "--epochs", "6", "--per-class", "40"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert train_cli(tiny_data, whole, *args) == 0
+    assert train_in_child(tiny_data, whole, *args) == 0
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the child: one thread, like the tests
     # launched the way the app's Training page does it
     proc = launch_training(killed, data=tiny_data, folds=[0], epochs=6, per_class=40, image_size=32,
@@ -133,7 +133,7 @@ def test_killed_training_process_resumes_to_the_same_model(tiny_data, tmp_path, 
     assert lock_owner(killed) is None and (killed / LOCK_NAME).exists()   # a stale lock of a dead process
     assert not (killed / "fold0" / "model.pt").exists()
     assert open_run(killed).fold_status(0).state == "crashed"                # gone without a word: crashed
-    assert train_cli(tiny_data, killed, "--resume") == 0                   # takes the stale lock over
+    assert train_in_child(tiny_data, killed, "--resume") == 0              # takes the stale lock over
     assert state_dicts_equal(whole / "fold0" / "model.pt", killed / "fold0" / "model.pt")
     assert not (killed / LOCK_NAME).exists()
 

@@ -18,6 +18,7 @@ from helpers import (
     prepared_run,
     state_dicts_equal,
     tiny_config,
+    train_in_child,
 )
 
 from bmteach import runs
@@ -93,7 +94,7 @@ def wait_for(predicate, timeout: float = 120.0, proc=None) -> None:
 def test_sigterm_stops_after_a_step_and_the_run_resumes_to_the_same_model(tiny_data, tmp_path, monkeypatch):
     args = ["--num-folds", "2", "--folds", "0", "--epochs", "6", "--per-class", "40"]
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    assert train_cli(tiny_data, whole, *args) == 0
+    assert train_in_child(tiny_data, whole, *args) == 0
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     proc = runs.launch_training(stopped, data=tiny_data, folds=[0], epochs=6, per_class=40, image_size=32,
                                 extra=("--num-folds", "2", "--batch-size", "8", "--lr", "0.003"))
@@ -114,7 +115,7 @@ def test_sigterm_stops_after_a_step_and_the_run_resumes_to_the_same_model(tiny_d
     assert json.loads((stopped / runs.HEARTBEAT).read_text())["outcome"] == "stopped"
     assert (stopped / "fold0" / runs.LAST).is_file() and not (stopped / runs.LOCK).exists()
     assert [s.state for s in runs.open_run(stopped).status()] == ["stopped", "pending"]
-    assert train_cli(tiny_data, stopped, "--resume") == 0
+    assert train_in_child(tiny_data, stopped, "--resume") == 0
     assert state_dicts_equal(whole / "fold0" / runs.MODEL, stopped / "fold0" / runs.MODEL)
 
 
