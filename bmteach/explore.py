@@ -173,8 +173,10 @@ def map_figure(table: pd.DataFrame, by: str = "expert class", selected: Sequence
     for name, colour in (palette or {}).items():
         fig.add_trace(go.Scattergl(x=[None], y=[None], mode="markers", marker={"size": 9, "color": colour},
                                    name=str(name), hoverinfo="skip"))
+    # pan, not lasso: in a box/lasso drag mode Streamlit's chart turns click-to-select off (clickmode "event"),
+    # so a click on a point would open no card; box and lasso stay one modebar click away
     fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 10, "b": 10}, clickmode="event+select",
-                      dragmode="lasso", legend={"itemsizing": "constant"}, plot_bgcolor="white")
+                      dragmode="pan", legend={"itemsizing": "constant"}, plot_bgcolor="white")
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False, scaleanchor="x")
     return fig
@@ -394,7 +396,10 @@ def label_issues(oof: pd.DataFrame, max_items: int | None = None) -> pd.DataFram
     probs = oof[[f"prob_{c}" for c in present]].to_numpy(dtype=float)
     probs = probs / np.clip(probs.sum(axis=1, keepdims=True), 1e-12, None)
     labels = label_indices(oof["true"], present, "true label")
-    ranked = find_label_issues(labels=labels, pred_probs=probs, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: cleanlab's default forks a process pool, and a fork from the Streamlit server's script thread
+    # can deadlock on a lock another thread held (the Errors page then hung for good); one process is fast here
+    ranked = find_label_issues(labels=labels, pred_probs=probs, return_indices_ranked_by="self_confidence",
+                               n_jobs=1)
     if max_items is not None:
         ranked = ranked[:max_items]
     preferred = probs[ranked].argmax(axis=1)

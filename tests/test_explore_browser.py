@@ -1,0 +1,171 @@
+"""Feature map and Errors in a real browser (issue 10): `streamlit run app.py` on 127.0.0.1, Debian's Chromium
+driven by Playwright, the shipped demo run on the built-in synthetic set.
+
+What AppTest cannot do is checked here: a click on one point of the WebGL map (plotly Scattergl) opens that
+cell's card, and a click on one square of the confusion matrix shows the images behind it. The map is computed
+before the server starts (as the page would on first use), so the page loads it from the cache. Skipped where
+Chromium or Playwright is not installed (.ci/run installs both).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bmteach.classes import class_name
+from bmteach.storage import DEMO_RUN, REPO_ROOT
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+if not Path(CHROMIUM).exists():
+    pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+pytestmark = pytest.mark.slow
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--enable-unsafe-swiftshader"]  # software WebGL for the Scattergl map
+HANG_MS = 120_000  # only to catch hangs: 2 shared cores can be very busy
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_health(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited early (exit status {proc.returncode}); see its log")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError("streamlit did not become healthy in time")
+
+
+@pytest.fixture(scope="module")
+def server(default_data, tmp_path_factory):
+    """The app on the demo run and the built-in set, its map already computed in this session's BMTEACH_HOME."""
+    from bmteach.embed import embed_run
+
+    embed_run(DEMO_RUN, default_data)  # what the Feature map page computes on first use (features, then UMAP)
+    root = tmp_path_factory.mktemp("explorebrowser")
+    port = _free_port()
+    env = {**os.environ, "BMTEACH_DATA": str(default_data), "BMTEACH_RUN": str(DEMO_RUN),
+           "BMTEACH_HOME": os.environ["BMTEACH_HOME"], "OMP_NUM_THREADS": "1"}
+    env.pop("BMTEACH_INSTRUCTOR_SECRET", None)
+    # The server's output goes to a file, never a pipe nobody reads: a full pipe would block the server.
+    log = open(root / "streamlit.log", "wb")  # noqa: SIM115 - closed in the teardown below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none"],
+        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for_health(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    with playwright.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+            headless=True, viewport={"width": 1400, "height": 1600})
+        context.set_default_timeout(HANG_MS)
+        yield context
+        context.close()
+
+
+def wait_until_idle(page) -> None:
+    """Wait until Streamlit has finished running the script (its 'Running...' status widget is gone)."""
+    page.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=HANG_MS)
+
+
+def assert_no_exception(page) -> None:
+    wait_until_idle(page)
+    assert page.locator("[data-testid=stException]").count() == 0
+
+
+# The drawn figure's first trace, as plotly.js holds it after drawing: point positions in page pixels, the
+# hover text and customdata of each point (plotly decodes the typed arrays Python sends).
+POINTS_JS = """() => {
+    const gd = document.querySelector('.js-plotly-plot');
+    const t = gd._fullData[0], xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+    const box = gd.getBoundingClientRect(), size = gd._fullLayout._size;
+    const px = Array.from(t.x, v => box.left + size.l + xa.d2p(v));
+    const py = Array.from(t.y, v => box.top + size.t + ya.d2p(v));
+    return {px: px, py: py, text: Array.from(t.hovertext || t.text || []),
+            custom: Array.from(t.customdata || [], c => Array.isArray(c) ? c.map(String) : [String(c)])};
+}"""
+
+
+def test_clicking_a_point_of_the_map_opens_its_card(server, browser):
+    page = browser.new_page()
+    page.goto(server + "/Feature_map")
+    page.get_by_text("Click a point to open its card").wait_for()
+    page.locator(".js-plotly-plot .gl-container canvas").first.wait_for()
+    assert_no_exception(page)
+    page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
+    pts = page.evaluate(POINTS_JS)
+    xy = np.column_stack([pts["px"], pts["py"]])
+    assert len(xy) == 2100, len(xy)
+    # the most isolated point: a click there can only hit that point
+    gaps = np.sqrt(((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(gaps, np.inf)
+    i = int(gaps.min(axis=1).argmax())
+    expert = pts["text"][i].split(" → ")[0]
+    x, y = xy[i]
+    page.mouse.move(x - 3, y - 3)
+    page.mouse.move(x, y)  # plotly picks the point under the cursor on hover, then selects it on click
+    page.locator(".hoverlayer .hovertext").first.wait_for()
+    page.mouse.click(x, y)
+    page.get_by_role("heading", name=f"{class_name(expert)} ({expert})").wait_for()
+    page.get_by_text("Expert:").first.wait_for()
+    page.get_by_text("Grad-CAM for the prediction").first.wait_for()
+    page.get_by_text("Nearest cells of the same class").first.wait_for()
+    assert_no_exception(page)
+    page.close()
+
+
+def test_clicking_a_square_of_the_confusion_matrix_shows_its_images(server, browser):
+    page = browser.new_page()
+    page.goto(server + "/Errors")
+    page.get_by_text("Click a square of the matrix").wait_for()
+    page.get_by_text("Images flagged").wait_for()  # the end of the page: the run has finished
+    assert_no_exception(page)
+    pts = page.evaluate(POINTS_JS)
+    # an off-diagonal square with the fewest images: few Grad-CAMs to draw on a busy CPU
+    off = [k for k, (true, pred, _) in enumerate(pts["custom"]) if true != pred]
+    assert off, "the demo run's matrix has no off-diagonal square"
+    k = min(off, key=lambda j: int(pts["custom"][j][2]))
+    true, pred, count = pts["custom"][k]
+    square = page.locator(".js-plotly-plot .scatterlayer .trace").first.locator("path.point").nth(k)
+    square.scroll_into_view_if_needed()
+    square.click(force=True)
+    page.get_by_role("heading", name=f"Expert {true} → model {pred}: {int(count):,} images").wait_for()
+    page.get_by_text(f"{class_name(true)} predicted as {class_name(pred)}").first.wait_for()
+    page.get_by_text(f"Grad-CAM: predicted class {pred}").first.wait_for()
+    page.get_by_text(f"Grad-CAM: expert class {true}").first.wait_for()
+    page.get_by_text("Images flagged").wait_for()
+    assert_no_exception(page)
+    page.close()
