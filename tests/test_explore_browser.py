@@ -9,50 +9,20 @@ Chromium or Playwright is not installed (.ci/run installs both).
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import CHROMIUM, require_browser, streamlit_server
+from browser import CHROMIUM_ARGS as BASE_ARGS
+from browser import wait_until_idle
 
 from bmteach.classes import class_name
-from bmteach.storage import DEMO_RUN, REPO_ROOT
+from bmteach.storage import DEMO_RUN
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-if not Path(CHROMIUM).exists():
-    pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
-
+playwright = require_browser()
 pytestmark = pytest.mark.slow
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--enable-unsafe-swiftshader"]  # software WebGL for the Scattergl map
+CHROMIUM_ARGS = BASE_ARGS + ["--enable-unsafe-swiftshader"]  # software WebGL for the Scattergl map
 HANG_MS = 120_000  # only to catch hangs: 2 shared cores can be very busy
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_health(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited early (exit status {proc.returncode}); see its log")
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError("streamlit did not become healthy in time")
 
 
 @pytest.fixture(scope="module")
@@ -62,27 +32,9 @@ def server(default_data, tmp_path_factory):
 
     embed_run(DEMO_RUN, default_data)  # what the Feature map page computes on first use (features, then UMAP)
     root = tmp_path_factory.mktemp("explorebrowser")
-    port = _free_port()
-    env = {**os.environ, "BMTEACH_DATA": str(default_data), "BMTEACH_RUN": str(DEMO_RUN),
-           "BMTEACH_HOME": os.environ["BMTEACH_HOME"], "OMP_NUM_THREADS": "1"}
-    env.pop("BMTEACH_INSTRUCTOR_SECRET", None)
-    # The server's output goes to a file, never a pipe nobody reads: a full pipe would block the server.
-    log = open(root / "streamlit.log", "wb")  # noqa: SIM115 - closed in the teardown below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none"],
-        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for_health(url, proc)
+    env = {"BMTEACH_DATA": str(default_data), "BMTEACH_RUN": str(DEMO_RUN), "BMTEACH_HOME": os.environ["BMTEACH_HOME"]}
+    with streamlit_server(env, root) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +48,8 @@ def browser(tmp_path_factory):
         context.close()
 
 
-def wait_until_idle(page) -> None:
-    """Wait until Streamlit has finished running the script (its 'Running...' status widget is gone)."""
-    page.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=HANG_MS)
-
-
 def assert_no_exception(page) -> None:
-    wait_until_idle(page)
+    wait_until_idle(page, HANG_MS)
     assert page.locator("[data-testid=stException]").count() == 0
 
 
