@@ -506,8 +506,8 @@ def test_atlas_compare_offers_only_classes_of_the_active_data_set(env, tmp_path,
     assert "EOS · Eosinophil (none in this data set)" in at.selectbox(key="atlas_class").options
 
 
-def test_atlas_all_classes_table_shows_all_21_rows(env, monkeypatch):
-    """AppTest keeps no height: record what the page asks st.dataframe for (35 px a row plus the header)."""
+def dataframe_heights(monkeypatch) -> dict:
+    """AppTest keeps no height: record what a page asks st.dataframe for, by key: (rows, height)."""
     import streamlit
 
     heights = {}
@@ -518,6 +518,12 @@ def test_atlas_all_classes_table_shows_all_21_rows(env, monkeypatch):
         return real(data, *args, **kwargs)
 
     monkeypatch.setattr(streamlit, "dataframe", recording)
+    return heights
+
+
+def test_atlas_all_classes_table_shows_all_21_rows(env, monkeypatch):
+    """35 px a row plus the header: every row shows without scrolling."""
+    heights = dataframe_heights(monkeypatch)
     run_page(ATLAS)
     rows, height = heights["atlas_pr_all"]
     assert rows == len(ABBRS) and height >= 35 * (rows + 1)
@@ -608,16 +614,7 @@ def test_explain_filter_shows_only_images_the_model_gets_wrong(env, tmp_path, mo
 
 
 def test_home_class_table_shows_all_21_rows(env, monkeypatch):
-    import streamlit
-
-    heights = {}
-    real = streamlit.dataframe
-
-    def recording(data=None, *args, **kwargs):
-        heights[kwargs.get("key")] = (len(data), kwargs.get("height"))
-        return real(data, *args, **kwargs)
-
-    monkeypatch.setattr(streamlit, "dataframe", recording)
+    heights = dataframe_heights(monkeypatch)
     run_page(HOME)
     rows, height = heights["class_counts"]
     assert rows == len(ABBRS) and height >= 35 * (rows + 1)
