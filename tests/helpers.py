@@ -63,3 +63,20 @@ def train_in_child(data: Path, out: Path, *extra: str) -> int:
     cmd = [sys.executable, "-m", "bmteach", "train", "--data", str(data), "--out", str(out), *TINY, *extra]
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True,
                           timeout=600).returncode
+
+
+def make_untrained_run(data: Path, run: Path, k: int = 2):
+    """A k-fold run folder over an indexed data folder: manifest.csv (seed 0) and every fold's checkpoint with
+    random weights (seed 0), 32 px: enough for pages and predictors, nothing learnt. Returns the manifest."""
+    from bmteach.classes import ABBRS
+    from bmteach.data import build_manifest, index, write_manifest
+    from bmteach.models import ModelMeta, create_model, save_checkpoint
+
+    manifest = build_manifest(index(data), k=k, seed=0)
+    run.mkdir(parents=True, exist_ok=True)
+    write_manifest(manifest, run / "manifest.csv")
+    torch.manual_seed(0)
+    for fold in range(k):
+        meta = ModelMeta(model="sequential", image_size=32, fold=fold, epochs=1, epoch=1, complete=True)
+        save_checkpoint(create_model("sequential", len(ABBRS)), meta, run / f"fold{fold}" / "model.pt")
+    return manifest

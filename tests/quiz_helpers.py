@@ -7,12 +7,10 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from bmteach.classes import ABBRS
-from bmteach.data import build_manifest, index, write_manifest
-from bmteach.models import ModelMeta, create_model, save_checkpoint
 from bmteach.synth import generate_dataset
+from helpers import make_untrained_run
 
 CONTESTED = "MMZ/0001-0003/MMZ_00001.jpg"
 UNSURE = "EOS/0001-0003/EOS_00001.jpg"
@@ -22,13 +20,7 @@ def make_quiz_setup(root: Path) -> tuple[Path, Path]:
     """(data folder, run folder) under root."""
     data = generate_dataset(root / "data", per_class=3, seed=0, workers=1)
     run = root / "run"
-    manifest = build_manifest(index(data), k=2, seed=0)
-    run.mkdir()
-    write_manifest(manifest, run / "manifest.csv")
-    torch.manual_seed(0)
-    for fold in (0, 1):
-        meta = ModelMeta(model="sequential", image_size=32, fold=fold, epochs=1, epoch=1, complete=True)
-        save_checkpoint(create_model("sequential", len(ABBRS)), meta, run / f"fold{fold}" / "model.pt")
+    manifest = make_untrained_run(data, run)
     (run / "config.json").write_text(json.dumps({"classes": list(ABBRS), "num_folds": 2}))
     rows = []
     for r in manifest.itertuples():

@@ -6,6 +6,7 @@ save_checkpoint) are built once per module; BMTEACH_DATA / BMTEACH_RUN point the
 from __future__ import annotations
 
 import io
+from pathlib import Path
 import json
 
 import numpy as np
@@ -13,13 +14,13 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from helpers import make_untrained_run
 from streamlit.testing.v1 import AppTest
 
 from bmteach import settings
 from bmteach.classes import ABBRS, BY_ABBR
-from bmteach.data import build_manifest, index, write_manifest
+from bmteach.data import index
 from bmteach.images import load_image
-from bmteach.models import ModelMeta, create_model, save_checkpoint
 from bmteach.storage import DEMO_RUN, REPO_ROOT
 from bmteach.synth import generate_dataset
 
@@ -33,13 +34,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("app")
     data = generate_dataset(root / "data", per_class=2, seed=0, workers=1)
     run = root / "run"
-    manifest = build_manifest(index(data), k=2, seed=0)
-    run.mkdir()
-    write_manifest(manifest, run / "manifest.csv")
-    torch.manual_seed(0)
-    for fold in (0, 1):
-        meta = ModelMeta(model="sequential", image_size=32, fold=fold, epochs=1, epoch=1, complete=True)
-        save_checkpoint(create_model("sequential", len(ABBRS)), meta, run / f"fold{fold}" / "model.pt")
+    manifest = make_untrained_run(data, run)
     metrics = {"classes": {"MMZ": {"strict": {"precision": 0.25, "recall": 0.5},
                                    "tolerant": {"precision": 0.75, "recall": 1.0}}}}
     (run / "metrics.json").write_text(json.dumps(metrics))
@@ -341,7 +336,7 @@ def test_odd_but_valid_uploads_are_explained_with_the_fold_average(env, mode):
 def test_first_start_generates_the_built_in_synthetic_data_set(fresh_home, monkeypatch):
     """No BMTEACH_DATA and no setting: the home page draws the default data set (here 1 cell per class,
     in the child process the app starts for it)."""
-    from bmteach import launch, synth, ui
+    from bmteach import launch, synth
 
     for name in (settings.DATA_ENV, settings.RUN_ENV):
         monkeypatch.delenv(name, raising=False)
@@ -356,7 +351,7 @@ def test_first_start_generates_the_built_in_synthetic_data_set(fresh_home, monke
 
 
 def test_a_failing_generation_is_one_sentence(fresh_home, monkeypatch):
-    from bmteach import launch, ui
+    from bmteach import launch
 
     for name in (settings.DATA_ENV, settings.RUN_ENV):
         monkeypatch.delenv(name, raising=False)

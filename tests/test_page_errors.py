@@ -11,14 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from helpers import make_untrained_run
 from streamlit.testing.v1 import AppTest
 
 from bmteach import settings, ui
-from bmteach.classes import ABBRS
-from bmteach.data import build_manifest, index, write_manifest
 from bmteach.errors import UserError
-from bmteach.models import ModelMeta, create_model, save_checkpoint
 from bmteach.storage import REPO_ROOT
 from bmteach.synth import generate_dataset
 
@@ -32,12 +29,7 @@ def tiny(tmp_path):
     """Per test (a test below deletes an image): 2 synthetic cells per class, a two-fold run of random weights."""
     data = generate_dataset(tmp_path / "data", per_class=2, seed=0, workers=1)
     run = tmp_path / "run"
-    run.mkdir()
-    write_manifest(build_manifest(index(data), k=2, seed=0), run / "manifest.csv")
-    torch.manual_seed(0)
-    for fold in (0, 1):
-        meta = ModelMeta(model="sequential", image_size=32, fold=fold, epochs=1, epoch=1, complete=True)
-        save_checkpoint(create_model("sequential", len(ABBRS)), meta, run / f"fold{fold}" / "model.pt")
+    make_untrained_run(data, run)
     return data, run
 
 
