@@ -68,7 +68,7 @@ chosen = st.session_state.get("err_cell")
 if chosen:
     true, pred = chosen
     rows = explore.cell_rows(oof, true, pred, mode)
-    st.header(f"Expert {true} → model {pred}: {len(rows):,} images")
+    st.header(f"Expert {true} → model {pred}: {len(rows):,} image{'' if len(rows) == 1 else 's'}")
     st.caption(f"{class_name(true)} predicted as {class_name(pred)}, most confident first. Grad-CAM shows where "
                "the model found evidence for each class.")
     per_page = 6

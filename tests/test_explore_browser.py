@@ -109,7 +109,7 @@ def test_clicking_a_square_of_the_confusion_matrix_shows_its_images(server, brow
     square = page.locator(".js-plotly-plot .scatterlayer .trace").first.locator("path.point").nth(k)
     square.scroll_into_view_if_needed()
     square.click(force=True)
-    page.get_by_role("heading", name=f"Expert {true} → model {pred}: {int(count):,} images").wait_for()
+    page.get_by_role("heading", name=f"Expert {true} → model {pred}: {int(count):,} image{'' if int(count) == 1 else 's'}").wait_for()
     page.get_by_text(f"{class_name(true)} predicted as {class_name(pred)}").first.wait_for()
     page.get_by_text(f"Grad-CAM: predicted class {pred}").first.wait_for()
     page.get_by_text(f"Grad-CAM: expert class {true}").first.wait_for()

@@ -105,7 +105,7 @@ def test_errors_page_and_a_confusion_cell(demo_map):
     pairs = explore.most_confused(explore.confusion(oof)[0], explore.oof_classes(oof), top=1)
     true, pred, n = pairs.iloc[0][["expert", "predicted", "images"]]
     at = run_page(ERRORS, {"err_matrix": {"selection": {"points": [{"customdata": [true, pred, int(n)]}]}}})
-    assert f"Expert {true} → model {pred}: {n:,} images" in [h.value for h in at.header]
+    assert f"Expert {true} → model {pred}: {n:,} image{'' if n == 1 else 's'}" in [h.value for h in at.header]
     rows = explore.cell_rows(oof, true, pred)
     captions = image_captions(at)
     first_cell = [c for c in captions if not c.startswith("Grad-CAM")][:6]
