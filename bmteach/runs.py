@@ -843,6 +843,13 @@ def run_state(run, now: float | None = None, stale_s: float = STALE_S) -> RunSta
         return RunState("queued", f"queued, number {pos} in line", queue_position=pos)
     if all_folds_complete(path):
         return RunState("finished", "every fold is trained", heartbeat_age=age)
+    if lock and not (beat and beat.get("pid") == lock.get("pid") and beat.get("ended")):
+        # a lock its dead owner never released (a clean exit always does): killed or out of memory, possibly
+        # before its first heartbeat, so an older heartbeat's "stopped" must not speak for it
+        error = last_error(read_log(path))
+        return RunState("crashed", "the training process ended without finishing",
+                        error=error or f"The training process {lock.get('pid')} disappeared without a word "
+                                       "(killed, or out of memory).", heartbeat_age=age)
     if beat and beat.get("ended"):
         if beat.get("outcome") == "error":
             error = beat.get("error") or last_error(read_log(path)) or "the training command failed"

@@ -276,3 +276,17 @@ def test_a_run_whose_queued_process_died_can_be_resubmitted_before_the_superviso
     again = jobs.submit(run_dir, train + ["--resume"])
     assert again.id != old.id and again.waiting and started == [True]
     assert [j.id for j in jobs.jobs()] == [again.id]
+
+
+def test_a_process_killed_before_its_first_heartbeat_is_crashed_not_stopped(tmp_path):
+    """A resumed run killed before it beat once: the lock it took is left behind, the heartbeat is the previous
+    (stopped) process's. The run crashed; the old 'stopped' must not speak for it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    atomic_write_json(run / runs.HEARTBEAT, {"pid": 1, "host": runs.HOST, "time": time.time() - 5,
+                                             "ended": time.time() - 5, "outcome": "stopped", "error": None})
+    atomic_write_json(run / runs.LOCK, {"pid": dead.pid, "host": runs.HOST, "time": time.time()})
+    state = runs.run_state(run)
+    assert state.state == "crashed" and f"process {dead.pid} disappeared" in state.error
