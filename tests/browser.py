@@ -92,3 +92,19 @@ def _stop_group(proc: subprocess.Popen) -> None:
 def wait_until_idle(page, timeout_ms: int = 60_000) -> None:
     """Wait until Streamlit has finished running the script (its 'Running...' status widget is gone)."""
     page.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=timeout_ms)
+
+
+@contextmanager
+def chromium_context(profile_dir: Path, args: list[str] = CHROMIUM_ARGS, timeout_ms: float | None = None):
+    """A headless Chromium browser context with its own fresh profile, 1400 x 1600 (whole pages on screen)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(str(profile_dir), executable_path=CHROMIUM, args=args,
+                                                       headless=True, viewport={"width": 1400, "height": 1600})
+        if timeout_ms is not None:
+            context.set_default_timeout(timeout_ms)
+        try:
+            yield context
+        finally:
+            context.close()

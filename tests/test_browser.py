@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from browser import CHROMIUM, CHROMIUM_ARGS, require_browser, streamlit_server, wait_until_idle
+from browser import chromium_context, require_browser, streamlit_server, wait_until_idle
 
 from bmteach.classes import ABBRS
 from bmteach.storage import DEMO_RUN
@@ -31,12 +31,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    with playwright.sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-            headless=True, viewport={"width": 1400, "height": 1600})
+    with chromium_context(tmp_path_factory.mktemp("chromium-profile")) as context:
         yield context
-        context.close()
 
 
 def open_page(browser, url: str):

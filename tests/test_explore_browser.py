@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 import pytest
-from browser import CHROMIUM, require_browser, streamlit_server
+from browser import chromium_context, require_browser, streamlit_server
 from browser import CHROMIUM_ARGS as BASE_ARGS
 from browser import wait_until_idle
 
@@ -39,13 +39,8 @@ def server(default_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    with playwright.sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-            headless=True, viewport={"width": 1400, "height": 1600})
-        context.set_default_timeout(HANG_MS)
+    with chromium_context(tmp_path_factory.mktemp("chromium-profile"), CHROMIUM_ARGS, HANG_MS) as context:
         yield context
-        context.close()
 
 
 def assert_no_exception(page) -> None:
