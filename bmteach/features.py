@@ -11,8 +11,11 @@ BMTEACH_HOME/cache/features/<key>/:
     meta.json      run, data root, stamps, model, feature width, skipped images (count and examples per reason),
                    timings
 
-Decoding and resizing run in DataLoader workers; on CUDA the forward pass uses large batches and bf16 autocast.
-torch is imported inside the functions that compute, so reading a cached table stays light.
+Decoding and resizing run in DataLoader workers, which ship uint8 images (a quarter of float32's bytes through
+shared and pinned memory); the float conversion and normalisation run on the device, the same arithmetic as
+augment.eval_transform. On CUDA the forward pass uses large batches and bf16 autocast, and the features of one batch
+are copied back while the next one runs. torch is imported inside the functions that compute, so reading a cached
+table stays light.
 """
 from __future__ import annotations
 
@@ -178,10 +181,12 @@ def _manifest_rows(run_dir: Path, root: Path, trained: list[int]) -> tuple[pd.Da
 
 
 class _ImageDataset:
-    """Decode + eval transform one manifest image (runs in DataLoader workers); a broken file gives ok=False."""
+    """Decode + resize one manifest image to uint8 (3, S, S) (runs in DataLoader workers; `augment.normalize_batch`
+    finishes eval_transform on the device); a broken file gives ok=False."""
 
-    def __init__(self, root: Path, paths: list[str], transform, size: int):
-        self.root, self.paths, self.transform, self.size = root, paths, transform, size
+    def __init__(self, root: Path, paths: list[str], size: int):
+        from bmteach.augment import resize_transform
+        self.root, self.paths, self.size, self.transform = root, paths, size, resize_transform(size)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -193,22 +198,35 @@ class _ImageDataset:
         try:
             return self.transform(load_image(self.root / self.paths[i])), True
         except (UserError, OSError, ValueError):
-            return torch.zeros(3, self.size, self.size), False
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), False
 
 
 def _default_workers(device_type: str) -> int:
     """Decoding workers: none off the main thread (a web server's script thread: forking a multithreaded process
-    can deadlock), else up to 8 on a GPU and 1 on CPU (the forward pass needs the other cores)."""
+    can deadlock), else all cores but one on a GPU (a ResNeXt-50 forward in bf16 outruns a dozen decoders; the
+    main process only feeds the GPU) and 1 on CPU (the forward pass needs the other cores)."""
     if threading.current_thread() is not threading.main_thread():
         return 0
     cores = os.cpu_count() or 1
-    return min(8, cores) if device_type == "cuda" else (1 if cores > 1 else 0)
+    return max(1, cores - 1) if device_type == "cuda" else (1 if cores > 1 else 0)
 
 
 def _loader(dataset, batch_size: int, workers: int, pin: bool):
     from torch.utils.data import DataLoader
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin,
-                      persistent_workers=False, prefetch_factor=4 if workers else None)
+                      persistent_workers=False, prefetch_factor=2 if workers else None)
+
+
+def model_input(x, device, mean, std):
+    """A batch of uint8 images from the workers -> normalised float32 on the device (channels_last on CUDA):
+    copied as uint8, converted there. `mean`/`std`: float32 tensors on the device (see augment.normalize_batch)."""
+    import torch
+
+    from bmteach.augment import normalize_batch
+    x = x.to(device, non_blocking=True)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)  # the float ops below keep the layout
+    return normalize_batch(x, mean, std)
 
 
 def forward_features(model, x, device, autocast: bool = True):
@@ -232,18 +250,27 @@ def _extract_fold(predictor, fold: int, dataset, opts: ExtractOptions, out: np.n
         model = model.to(memory_format=torch.channels_last)
     batch = opts.batch_size or (CUDA_BATCH if device.type == "cuda" else CPU_BATCH)
     workers = _default_workers(device.type) if opts.workers is None else opts.workers
-    start = 0
-    for x, good in _loader(dataset, batch, workers, device.type == "cuda"):
-        feats = forward_features(model, x, device, opts.autocast).cpu().numpy()
-        idx = positions[start:start + len(feats)]
-        out[idx] = feats.astype(np.float16)
+    mean, std = (torch.tensor(v, dtype=torch.float32, device=device) for v in (predictor.meta.mean, predictor.meta.std))
+    start, pending = 0, None
+
+    def store(feats, good) -> None:  # .cpu() waits for this batch only: the next one is already queued
+        nonlocal start
+        idx = positions[start:start + len(good)]
+        out[idx] = feats.cpu().numpy().astype(np.float16)
         ok[idx] = good.numpy()
-        start += len(feats)
-        tick(len(feats))
+        start += len(good)
+        tick(len(good))
+
+    for x, good in _loader(dataset, batch, workers, device.type == "cuda"):
+        feats = forward_features(model, model_input(x, device, mean, std), device, opts.autocast)
+        if pending is not None:
+            store(*pending)
+        pending = feats, good
+    if pending is not None:
+        store(*pending)
 
 
 def _compute_and_store(run_dir: Path, root: Path, folder: Path, progress, opts: ExtractOptions) -> FeatureTable:
-    from bmteach.augment import eval_transform
     from bmteach.infer import Predictor
 
     started = time.perf_counter()
@@ -255,7 +282,6 @@ def _compute_and_store(run_dir: Path, root: Path, folder: Path, progress, opts: 
     try:
         out = np.lib.format.open_memmap(tmp / FEATURES, mode="w+", dtype=np.float16, shape=(len(rows), width))
         ok = np.zeros(len(rows), dtype=bool)
-        transform = eval_transform(predictor.image_size, predictor.meta.mean, predictor.meta.std)
         done = [0]
 
         def tick(n: int) -> None:
@@ -265,7 +291,7 @@ def _compute_and_store(run_dir: Path, root: Path, folder: Path, progress, opts: 
 
         for fold in sorted(set(rows["fold"])):
             positions = np.flatnonzero(rows["fold"].to_numpy() == fold)
-            dataset = _ImageDataset(root, rows["path"].iloc[positions].tolist(), transform, predictor.image_size)
+            dataset = _ImageDataset(root, rows["path"].iloc[positions].tolist(), predictor.image_size)
             _extract_fold(predictor, int(fold), dataset, opts, out, positions, ok, tick)
         out.flush()
         _finish(tmp, out, rows, ok, skipped, run_dir, root, predictor, width, time.perf_counter() - started)

@@ -1,15 +1,36 @@
 """Augmentation: the paper's geometry, stain augmentation and class balancing, with known answers."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
-from bmteach.augment import (STAIN_MATRIX, BalancedSampler, StainAugment, apply_seeded, balanced_indices,
-                             derive_seed, geometric_augment, perturb_stains, rgb_to_stains, stains_to_rgb,
-                             train_transform)
+from bmteach.augment import (
+    STAIN_MATRIX,
+    STAIN_MATRIX_INV,
+    BalancedSampler,
+    PaperAugment,
+    StainAugment,
+    apply_seeded,
+    balanced_indices,
+    derive_seed,
+    eval_transform,
+    geometric_augment,
+    inverse_affine_matrix,
+    normalize_batch,
+    perturb_stains,
+    perturb_stains_fused,
+    reference_augment,
+    resize_transform,
+    rgb_to_stains,
+    sampling_grid,
+    stain_map,
+    stains_to_rgb,
+    train_transform,
+    warp_and_normalize,
+)
 
 MEAN, STD = (0.563, 0.496, 0.735), (0.242, 0.283, 0.177)
 
@@ -190,3 +211,102 @@ def test_derive_seed_separates_streams():
     assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2)
     assert len({derive_seed(0, f, e) for f in range(5) for e in range(13)}) == 65
     assert 0 <= derive_seed(123456789, 4) < 2**31
+
+
+# --- the fast training transform against its step-by-step definition ------------------------------------------
+
+def test_fast_train_transform_matches_the_reference_draw_for_draw():
+    """PaperAugment (one fused step) against reference_augment (torchvision's transforms one by one), from PIL
+    images of several sizes through the resize: the same draws in the same order (the generator ends in the same
+    state) and the same image up to float rounding (the warp's grid is built in another order: ~3e-5 px)."""
+    worst = 0.0
+    for size, source, strength in [(32, 48, 0.05), (57, 60, 0.05), (64, 40, 1.0), (40, 40, 0.0)]:
+        fast = train_transform(size, MEAN, STD, stain_strength=strength)
+        ref = train_transform(size, MEAN, STD, stain_strength=strength, reference=True)
+        for seed in range(12):
+            img = random_pil(source, seed=seed)
+            torch.manual_seed(seed)
+            expected, after_ref = ref(img), torch.rand(2)
+            torch.manual_seed(seed)
+            got, after_fast = fast(img), torch.rand(2)
+            assert torch.equal(after_ref, after_fast)
+            assert got.shape == expected.shape == (3, size, size) and got.dtype == torch.float32
+            assert (got - expected).abs().mean() < 1e-5
+            worst = max(worst, float((got - expected).abs().max()))
+    assert worst < 2e-3  # normalised units (std ~0.2): well under a tenth of one grey level
+
+
+def test_paper_augment_on_float_input_matches_the_reference():
+    x = torch.rand(3, 36, 36)
+    x[:, 0, 0], x[:, 0, 1] = 0.0, 1.0
+    for seed in range(8):
+        torch.manual_seed(seed)
+        expected = reference_augment(MEAN, STD, stain_strength=0.5)(x.clone())
+        torch.manual_seed(seed)
+        got = PaperAugment(MEAN, STD, stain_strength=0.5)(x.clone())
+        assert torch.allclose(got, expected, atol=2e-3) and (got - expected).abs().mean() < 1e-5
+
+
+def test_fused_stains_equal_the_two_changes_of_basis():
+    alpha, beta = (1.7, 0.6), (0.3, -0.2)   # far stronger than training uses
+    x = torch.rand(3, 11, 13, dtype=torch.float64)
+    x[:, 0, 0], x[:, 0, 1] = 0.0, 1.0
+    assert torch.allclose(perturb_stains_fused(x, alpha, beta), perturb_stains(x, alpha, beta), atol=1e-12)
+    u = torch.arange(256, dtype=torch.uint8).repeat(3, 1).view(3, 16, 16)   # every uint8 value
+    u[1] = u[1].flip(-1)
+    expected = perturb_stains(u.float() / 255.0, alpha, beta)
+    got = perturb_stains_fused(u, alpha, beta)
+    assert got.dtype == torch.float32 and torch.allclose(got, expected, atol=1e-6)
+    k, e = stain_map(alpha, beta)
+    od = torch.rand(3, 5, dtype=torch.float64)
+    stains = (od.T @ STAIN_MATRIX_INV).T
+    a, b = torch.tensor([*alpha, 1.0], dtype=torch.float64), torch.tensor([*beta, 0.0], dtype=torch.float64)
+    two_steps = ((stains * a[:, None] + b[:, None]).T @ STAIN_MATRIX).T
+    assert torch.allclose(k @ od + e[:, None], two_steps, atol=1e-12)
+
+
+@pytest.mark.parametrize("hflip,vflip", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("angle,translate,shear", [(0.0, (0, 0), (0.0, 0.0)), (90.0, (3, -2), (0.0, 0.0)),
+                                                   (37.5, (-5, 4), (8.0, 0.0)), (180.0, (0, 7), (-11.3, 0.0))])
+def test_warp_with_folded_flips_equals_affine_then_flips_then_normalize(angle, translate, shear, hflip, vflip):
+    from torchvision.transforms.v2 import functional as F
+
+    x = torch.rand(3, 23, 30)
+    expected = F.affine(x, angle=angle, translate=list(translate), scale=1.0, shear=list(shear),
+                        interpolation=v2.InterpolationMode.BILINEAR, fill=list(MEAN))
+    if hflip:
+        expected = F.horizontal_flip(expected)
+    if vflip:
+        expected = F.vertical_flip(expected)
+    expected = F.normalize(expected, list(MEAN), list(STD))
+    grid = sampling_grid(inverse_affine_matrix(angle, translate, shear), 23, 30, hflip=hflip, vflip=vflip)
+    got = warp_and_normalize(x, grid, torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1))
+    assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_fast_half_turn_plus_flips_puts_a_pixel_on_one_of_four_mirror_positions():
+    # the flips now live in the sampling grid: the same known answer as for geometric_augment above
+    size, r, c = 17, 3, 5
+    x = torch.zeros(3, size, size, dtype=torch.uint8)
+    x[:, r, c] = 255
+    aug = PaperAugment((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), stain_strength=0.0, rotation=(180.0, 180.0), shift=0.0,
+                       shear=0.0)
+    allowed = {(r, c), (size - 1 - r, c), (r, size - 1 - c), (size - 1 - r, size - 1 - c)}
+    seen = set()
+    for seed in range(40):
+        torch.manual_seed(seed)
+        y = aug(x)
+        pos = divmod(int(y[0].argmax()), size)
+        assert pos in allowed and y[0].max() > 0.99
+        seen.add(pos)
+    assert len(seen) == 4
+
+
+def test_uint8_then_normalize_batch_is_eval_transform_exactly():
+    t = eval_transform(40, MEAN, STD)
+    images = [random_pil(size, seed=size) for size in (40, 53, 29)]
+    batch = torch.stack([resize_transform(40)(im) for im in images])
+    assert batch.dtype == torch.uint8
+    assert torch.equal(normalize_batch(batch, MEAN, STD), torch.stack([t(im) for im in images]))
+    tensors = torch.tensor(MEAN), torch.tensor(STD)
+    assert torch.equal(normalize_batch(batch, *tensors), normalize_batch(batch, MEAN, STD))

@@ -140,3 +140,47 @@ def test_an_incomplete_cache_folder_is_replaced(tiny, fresh_home):
     table = features.run_features(run, data, options=opts())
     assert table.folder == stale and (stale / features.META).is_file()
     assert table.features.shape[1] == 128
+
+
+def test_uint8_workers_give_the_features_of_the_float_pipeline(tiny, fresh_home):
+    """Workers ship uint8 and the normalisation runs after the copy: on CPU the features are exactly those of
+    eval_transform in the worker (the old pipeline), batch for batch."""
+    from bmteach.augment import eval_transform
+
+    data, run = tiny
+    table = features.run_features(run, data, options=features.ExtractOptions(device="cpu", workers=1, batch_size=16))
+    predictor = Predictor.from_run(run, device="cpu")
+    transform = eval_transform(predictor.image_size, predictor.meta.mean, predictor.meta.std)
+    for fold, part in table.rows.groupby("fold"):
+        model = predictor.model(int(fold))
+        for s in range(0, len(part), 16):   # the extraction's own batches: manifest order within a fold
+            chunk = part.iloc[s:s + 16]
+            x = torch.stack([transform(load_image(data / p)) for p in chunk["path"]])
+            with torch.inference_mode():
+                expected = model.forward_features(x).float().numpy().astype(np.float16)
+            np.testing.assert_array_equal(np.asarray(table.features[chunk["row"].to_numpy()]), expected)
+
+
+def test_an_undecodable_image_is_left_out_and_named(tmp_path, fresh_home):
+    data = generate_dataset(tmp_path / "data", per_class=1, seed=2, classes=["BLA", "LYT", "EOS", "MON"], workers=1)
+    run = make_run(tmp_path, data, folds=(0, 1))
+    broken = pd.read_csv(run / "manifest.csv")["path"].iloc[1]
+    (data / broken).write_bytes(b"\xff\xd8\xff not a JPEG after all")
+    table = features.run_features(run, data, options=opts())
+    assert broken not in set(table.rows["path"]) and len(table) == 3
+    assert table.meta["skipped"]["cannot be decoded"] == {"count": 1, "examples": [broken]}
+    assert table.rows["row"].tolist() == [0, 1, 2] and np.isfinite(np.asarray(table.features)).all()
+
+
+def test_decoding_workers(monkeypatch):
+    monkeypatch.setattr(features.os, "cpu_count", lambda: 16)
+    assert features._default_workers("cuda") == 15      # all cores but one feed a GPU (no cap at 8)
+    assert features._default_workers("cpu") == 1       # the forward pass needs the other cores
+    monkeypatch.setattr(features.os, "cpu_count", lambda: 1)
+    assert features._default_workers("cuda") == 1 and features._default_workers("cpu") == 0
+    import threading
+    result = []
+    thread = threading.Thread(target=lambda: result.append(features._default_workers("cuda")))
+    thread.start()
+    thread.join()
+    assert result == [0]                                 # a web server's script thread never forks
