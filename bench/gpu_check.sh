@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# One short GPU check (about 4-6 minutes on one H100/H200, under 8): where the real `train` command stands
-# against the network's and the data pipeline's own rates, all in images/s (ResNeXt-50, 250 px, bf16 autocast,
-# channels_last).
+# One short GPU check (about 5-7 minutes on one H100/H200 with GPU_CHECK_COMPILE=0, under 8): where the real
+# `train` command stands against the network's and the data pipeline's own rates, and feature extraction against
+# the bare forward pass, all in images/s (ResNeXt-50, 250 px, bf16 autocast, channels_last).
 #
 #   bash bench/gpu_check.sh                    # prints figures; writes only under a temporary folder
 #   GPU_CHECK_COMPILE=0 bash bench/gpu_check.sh  # skip torch.compile (saves 1-3 minutes)
 #
 # 1. network only, batch 256 (random tensors on the GPU), and the same under torch.compile
-# 2. DataLoader only: JPEG decode + the paper's augmentation + the copy to the GPU, batch 256; then the real
-#    training loop for 40 steps under torch.profiler (GPU busy share, top host and GPU operations)
+# 2. DataLoader only: JPEG decode + the paper's augmentation + the copy to the GPU, batch 256; one worker with the
+#    fused augmentation and with torchvision's step-by-step one (the per-worker cost before and after); then the
+#    real training loop for 40 steps under torch.profiler (GPU busy share, top host and GPU operations)
 # 3. the real command, `python -m bmteach train --device cuda` on generated synthetic cells (one fold, two
 #    epochs of 21 x 1,000 images): at --batch-size 256 with all workers, and at the default batch (64)
-# 4. the paper protocol projected from the rates
+# 4. feature extraction (issue 10): the feature DataLoader alone (uint8 from the workers, normalised on the GPU),
+#    then `bench_features.py`: untrained ResNeXt-50 fold models over the built-in set listed 20 times (42,000
+#    images), end to end against the bare forward on batches already in memory (aim >= 80%)
+# 5. the paper protocol projected from the rates
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${PYTHON:-}" ]; then PY="$PYTHON"; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
@@ -42,6 +46,12 @@ stamp "2. DataLoader only ($WORKERS workers)"
 LOAD=$(timeout 180 "$PY" bench/gpu_rates.py loader --data "$WORK/cells" --batch 256 --workers "$WORKERS" \
   | tee /dev/stderr | rate_of)
 
+stamp "2a. one worker: fused augmentation, then torchvision's step-by-step transforms (before)"
+timeout 90 "$PY" bench/gpu_rates.py loader --data "$WORK/cells" --batch 64 --batches 24 --workers 1 \
+  || echo "one-worker loader: failed or over 90 s"
+timeout 90 "$PY" bench/gpu_rates.py loader --data "$WORK/cells" --batch 64 --batches 24 --workers 1 --reference \
+  || echo "one-worker reference loader: failed or over 90 s"
+
 stamp "2b. the real training loop under torch.profiler (where the time goes)"
 timeout 180 "$PY" bench/gpu_rates.py profile --data "$WORK/cells" --batch 256 --workers "$WORKERS" --steps 40 \
   || echo "profile: failed or over 180 s"
@@ -57,8 +67,18 @@ TRAIN=$(train run256 --batch-size 256 --workers "$WORKERS" | tee /dev/stderr | r
 stamp "3b. train command, default batch (64) and workers"
 train run64
 
-stamp "4. summary"
+stamp "4. feature extraction: the DataLoader alone ($WORKERS workers, then 1), then end to end vs the bare forward"
+timeout 120 "$PY" bench/gpu_rates.py feature-loader --data "$WORK/cells" --batch 512 --workers "$WORKERS" \
+  || echo "feature loader: failed or over 120 s"
+timeout 60 "$PY" bench/gpu_rates.py feature-loader --data "$WORK/cells" --batch 128 --batches 12 --workers 1 \
+  || echo "one-worker feature loader: failed or over 60 s"
+FEAT=$(timeout 300 "$PY" bench/bench_features.py --random-model resnext50 --image-size 250 --device cuda \
+  --batch-size 512 --copies 20 --workers "$WORKERS" --repeat 1 2>&1 | grep -v Warning | tee /dev/stderr \
+  | sed -nE 's/.*images in .* = ([0-9,]+) images\/s \(([0-9]+%) of the bare.*/\1 images\/s (\2 of the bare forward)/p')
+
+stamp "5. summary"
 echo "network only ${NET:-?} images/s; DataLoader only ${LOAD:-?} images/s; train command (batch 256) ${TRAIN:-?} images/s"
+echo "feature extraction (ResNeXt-50, bf16, batch 512, $WORKERS workers): ${FEAT:-?}"
 if [ -n "${NET:-}" ] && [ -n "${TRAIN:-}" ]; then
   "$PY" -c "import sys; n, t = map(float, sys.argv[1:]); print(f'train command at {100 * t / n:.0f}% of the network-only rate')" "$NET" "$TRAIN"
 fi

@@ -2,8 +2,14 @@
 
     python bench/gpu_rates.py network [--batch 256] [--size 250] [--fp32] [--compile] [--device cuda]
         ResNeXt-50 forward + backward + AdamW on random tensors already on the device (the network alone)
-    python bench/gpu_rates.py loader --data DIR [--batch 256] [--size 250] [--workers N] [--device cuda]
+    python bench/gpu_rates.py loader --data DIR [--batch 256] [--size 250] [--workers N] [--device cuda] [--reference]
         the training DataLoader alone: JPEG decode + the paper's augmentation + the host-to-device copy
+        (--reference: torchvision's transforms one by one, the augmentation before the fused PaperAugment)
+    python bench/gpu_rates.py feature-loader --data DIR [--batch 512] [--size 250] [--workers N] [--device cuda]
+                                             [--reference]
+        the feature extraction's DataLoader alone: decode + resize to uint8 in the workers, then on CUDA the copy
+        and the conversion to normalised float there (on CPU: consumed only). --reference: the float32 path
+        before (eval_transform in the workers, 4x the bytes)
     python bench/gpu_rates.py profile --data DIR [--batch 256] [--workers N] [--steps 60]
         the real training loop (train_one_epoch) under torch.profiler: GPU busy share, top host and GPU ops
     python bench/gpu_rates.py train-rate RUN
@@ -69,7 +75,8 @@ def _sync(dev) -> None:
         torch.cuda.synchronize()
 
 
-def loader(data: Path, batch: int, size: int, workers: int | None, device: str, batches: int = 60) -> None:
+def loader(data: Path, batch: int, size: int, workers: int | None, device: str, batches: int = 60,
+           reference: bool = False) -> None:
     import torch
 
     from bmteach.augment import BalancedSampler, train_transform
@@ -83,22 +90,75 @@ def loader(data: Path, batch: int, size: int, workers: int | None, device: str, 
     paths = [path for path, _ in found.items]
     labels = [label for _, label in found.items]
     classes = sorted(set(labels))
-    ds = CellImages(data, paths, labels, train_transform(size, DATASET_MEAN, DATASET_STD), classes)
+    ds = CellImages(data, paths, labels, train_transform(size, DATASET_MEAN, DATASET_STD, reference=reference), classes)
     workers = default_workers(dev) if workers is None else workers
     per_class = -(-batch * batches // len(classes))
     sampler = SeededSampler(BalancedSampler(ds.targets, per_class=per_class, seed=0), seed=0, fold=0)
     data_loader = make_loader(ds, sampler, batch, dev, workers)
     n, start = 0, None
     for i, (x, y) in enumerate(data_loader):
-        x = x.to(dev, non_blocking=True, memory_format=torch.channels_last)
+        if dev.type == "cuda":  # on CPU consumed only: the rate of the workers themselves
+            x = x.to(dev, non_blocking=True, memory_format=torch.channels_last)
         if i == 3:
             _sync(dev)
             start, n = time.perf_counter(), 0   # after the workers' start-up
         n += len(y)
     _sync(dev)
     rate = n / (time.perf_counter() - start)
-    print(f"DataLoader only, {workers} workers, batch {batch}: JPEG decode + paper augmentation at {size}px + "
-          f"copy to {dev.type}: {rate:,.0f} images/s")
+    what = "reference (step-by-step) augmentation" if reference else "paper augmentation"
+    print(f"DataLoader only, {workers} workers, batch {batch}: JPEG decode + {what} at {size}px + "
+          f"{'copy to cuda' if dev.type == 'cuda' else 'consumed only'}: {rate:,.0f} images/s "
+          f"({rate / max(workers, 1):,.0f} per worker; "
+          f"load {os.getloadavg()[0]:.1f})")
+
+
+class _FloatImages:
+    """The feature extraction's dataset before uint8 shipping: eval_transform in the worker, float32 out."""
+
+    def __init__(self, root: Path, paths: list[str], size: int):
+        from bmteach.augment import eval_transform
+        from bmteach.models import DATASET_MEAN, DATASET_STD
+        self.root, self.paths, self.transform = root, paths, eval_transform(size, DATASET_MEAN, DATASET_STD)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from bmteach.images import load_image
+        return self.transform(load_image(self.root / self.paths[i])), True
+
+
+def feature_loader(data: Path, batch: int, size: int, workers: int | None, device: str, batches: int = 30,
+                   reference: bool = False) -> None:
+    import torch
+
+    from bmteach import features
+    from bmteach.data import index
+    from bmteach.models import DATASET_MEAN, DATASET_STD
+
+    dev = torch.device(device)
+    found = index(data)
+    root = found.class_root or data
+    paths = [path for path, _ in found.items]
+    paths = (paths * -(-batch * batches // len(paths)))[:batch * batches]
+    workers = features._default_workers(dev.type) if workers is None else workers
+    dataset = _FloatImages(root, paths, size) if reference else features._ImageDataset(root, paths, size)
+    mean, std = (torch.tensor(v, dtype=torch.float32, device=dev) for v in (DATASET_MEAN, DATASET_STD))
+    n, start = 0, None
+    batches = [list(range(s, min(s + batch, len(paths)))) for s in range(0, len(paths), batch)]
+    for i, (x, _ok) in enumerate(features._loader(dataset, batches, workers, dev.type == "cuda")):
+        if dev.type == "cuda":
+            x = x.to(dev, non_blocking=True) if reference else features.model_input(x, dev, mean, std)
+        if i == 2:
+            _sync(dev)
+            start, n = time.perf_counter(), 0   # after the workers' start-up
+        n += len(x)
+    _sync(dev)
+    rate = n / (time.perf_counter() - start)
+    what = "float32 (eval_transform in the workers)" if reference else "uint8 (normalised on the device)"
+    print(f"feature DataLoader only, {workers} workers, batch {batch}: decode + resize to {size}px, {what}"
+          f"{', copy to cuda' if dev.type == 'cuda' else ', consumed only'}: {rate:,.0f} images/s "
+          f"({rate / max(workers, 1):,.0f} per worker; load {os.getloadavg()[0]:.1f})")
 
 
 def profile(data: Path, batch: int, size: int, workers: int | None, device: str, steps: int = 60) -> None:
@@ -208,6 +268,15 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device", default="cuda")
     p.add_argument("--batches", type=int, default=60)
+    p.add_argument("--reference", action="store_true")
+    p = sub.add_parser("feature-loader")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--size", type=int, default=250)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--batches", type=int, default=30)
+    p.add_argument("--reference", action="store_true")
     p = sub.add_parser("profile")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--batch", type=int, default=256)
@@ -224,7 +293,9 @@ def main() -> int:
     if args.what == "network":
         network(args.batch, args.size, not args.fp32, args.compile, args.device)
     elif args.what == "loader":
-        loader(args.data, args.batch, args.size, args.workers, args.device, args.batches)
+        loader(args.data, args.batch, args.size, args.workers, args.device, args.batches, args.reference)
+    elif args.what == "feature-loader":
+        feature_loader(args.data, args.batch, args.size, args.workers, args.device, args.batches, args.reference)
     elif args.what == "profile":
         profile(args.data, args.batch, args.size, args.workers, args.device, args.steps)
     elif args.what == "train-rate":

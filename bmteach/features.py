@@ -211,9 +211,19 @@ def _default_workers(device_type: str) -> int:
     return max(1, cores - 1) if device_type == "cuda" else (1 if cores > 1 else 0)
 
 
-def _loader(dataset, batch_size: int, workers: int, pin: bool):
+def fold_batches(folds: np.ndarray, batch_size: int) -> list[list[int]]:
+    """Row indices in batches that never mix folds (each batch goes through one fold model), fold by fold, in
+    row order within a fold. One loader over these serves every fold: its workers start once, not once a fold."""
+    batches = []
+    for fold in sorted(set(folds.tolist())):
+        positions = np.flatnonzero(folds == fold)
+        batches += [positions[s:s + batch_size].tolist() for s in range(0, len(positions), batch_size)]
+    return batches
+
+
+def _loader(dataset, batches: list[list[int]], workers: int, pin: bool):
     from torch.utils.data import DataLoader
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin,
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin,
                       persistent_workers=False, prefetch_factor=2 if workers else None)
 
 
@@ -239,33 +249,37 @@ def forward_features(model, x, device, autocast: bool = True):
         return model.forward_features(x).float()
 
 
-def _extract_fold(predictor, fold: int, dataset, opts: ExtractOptions, out: np.ndarray, positions: np.ndarray,
-                  ok: np.ndarray, tick) -> None:
-    """Fill out[positions] with the fold model's features of `dataset` (images of fold `fold` only)."""
+def _extract(predictor, dataset, folds: np.ndarray, opts: ExtractOptions, out: np.ndarray, ok: np.ndarray,
+             tick) -> None:
+    """Fill out[i] with row i's features from the model of its fold (folds[i]), for every row of `dataset`."""
     import torch
 
     device = predictor.device
-    model = predictor.model(fold)
-    if device.type == "cuda":  # this Predictor is our own (not the app's shared one): converting it is safe
-        model = model.to(memory_format=torch.channels_last)
-    batch = opts.batch_size or (CUDA_BATCH if device.type == "cuda" else CPU_BATCH)
+    models: dict = {}
+
+    def model_of(fold: int):
+        if fold not in models:
+            models[fold] = predictor.model(fold)
+            if device.type == "cuda":  # this Predictor is our own (not the app's shared one): converting is safe
+                models[fold] = models[fold].to(memory_format=torch.channels_last)
+        return models[fold]
+
+    batches = fold_batches(folds, opts.batch_size or (CUDA_BATCH if device.type == "cuda" else CPU_BATCH))
     workers = _default_workers(device.type) if opts.workers is None else opts.workers
     mean, std = (torch.tensor(v, dtype=torch.float32, device=device) for v in (predictor.meta.mean, predictor.meta.std))
-    start, pending = 0, None
+    pending = None
 
-    def store(feats, good) -> None:  # .cpu() waits for this batch only: the next one is already queued
-        nonlocal start
-        idx = positions[start:start + len(good)]
+    def store(feats, idx: list[int], good) -> None:  # .cpu() waits for this batch only: the next one is queued
         out[idx] = feats.cpu().numpy().astype(np.float16)
         ok[idx] = good.numpy()
-        start += len(good)
-        tick(len(good))
+        tick(len(idx))
 
-    for x, good in _loader(dataset, batch, workers, device.type == "cuda"):
-        feats = forward_features(model, model_input(x, device, mean, std), device, opts.autocast)
+    for idx, (x, good) in zip(batches, _loader(dataset, batches, workers, device.type == "cuda")):
+        feats = forward_features(model_of(int(folds[idx[0]])), model_input(x, device, mean, std), device,
+                                 opts.autocast)
         if pending is not None:
             store(*pending)
-        pending = feats, good
+        pending = feats, idx, good
     if pending is not None:
         store(*pending)
 
@@ -289,10 +303,8 @@ def _compute_and_store(run_dir: Path, root: Path, folder: Path, progress, opts: 
             if progress is not None:
                 progress(done[0], len(rows))
 
-        for fold in sorted(set(rows["fold"])):
-            positions = np.flatnonzero(rows["fold"].to_numpy() == fold)
-            dataset = _ImageDataset(root, rows["path"].iloc[positions].tolist(), predictor.image_size)
-            _extract_fold(predictor, int(fold), dataset, opts, out, positions, ok, tick)
+        dataset = _ImageDataset(root, rows["path"].tolist(), predictor.image_size)
+        _extract(predictor, dataset, rows["fold"].to_numpy(), opts, out, ok, tick)
         out.flush()
         _finish(tmp, out, rows, ok, skipped, run_dir, root, predictor, width, time.perf_counter() - started)
         del out

@@ -310,3 +310,14 @@ def test_uint8_then_normalize_batch_is_eval_transform_exactly():
     assert torch.equal(normalize_batch(batch, MEAN, STD), torch.stack([t(im) for im in images]))
     tensors = torch.tensor(MEAN), torch.tensor(STD)
     assert torch.equal(normalize_batch(batch, *tensors), normalize_batch(batch, MEAN, STD))
+
+
+def test_seed_sample_draws_what_manual_seed_draws():
+    from bmteach.train import seed_sample
+
+    for seed in (0, 7, 2**40 + 3):
+        torch.manual_seed(seed)
+        expected = torch.rand(5)
+        torch.manual_seed(seed + 1)
+        seed_sample(seed)
+        assert torch.equal(torch.rand(5), expected)

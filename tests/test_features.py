@@ -184,3 +184,11 @@ def test_decoding_workers(monkeypatch):
     thread.start()
     thread.join()
     assert result == [0]                                 # a web server's script thread never forks
+
+
+def test_fold_batches_never_mix_folds_and_cover_every_row_once():
+    folds = np.array([1, 0, 1, 1, 0, 2, 1, 0, 1])
+    batches = features.fold_batches(folds, batch_size=2)
+    assert batches == [[1, 4], [7], [0, 2], [3, 6], [8], [5]]   # fold by fold, row order within a fold
+    assert all(len(set(folds[b])) == 1 for b in batches)
+    assert sorted(i for b in batches for i in b) == list(range(len(folds)))
