@@ -7,11 +7,14 @@
 #   GPU_CHECK_COMPILE=0 bash bench/gpu_check.sh  # skip torch.compile (saves 1-3 minutes)
 #
 # 1. network only, batch 256 (random tensors on the GPU), and the same under torch.compile
-# 2. DataLoader only: JPEG decode + the paper's augmentation + the copy to the GPU, batch 256; one worker with the
-#    fused augmentation and with torchvision's step-by-step one (the per-worker cost before and after); then the
-#    real training loop for 40 steps under torch.profiler (GPU busy share, top host and GPU operations)
+# 2. DataLoader only: JPEG decode + the paper's augmentation + the copy to the GPU, batch 256, with the
+#    augmentation on the GPU (the default on CUDA: workers ship uint8 images and their drawn parameters) and in
+#    the workers (--augment-on workers); one worker each way and with torchvision's step-by-step transforms (the
+#    per-worker cost before and after); then the real training loop for 40 steps under torch.profiler (GPU busy
+#    share, top host and GPU operations)
 # 3. the real command, `python -m bmteach train --device cuda` on generated synthetic cells (one fold, two
-#    epochs of 21 x 1,000 images): at --batch-size 256 with all workers, and at the default batch (64)
+#    epochs of 21 x 1,000 images): at --batch-size 256 with all workers, the same with --augment-on workers, and
+#    at the default batch (64)
 # 4. feature extraction (issue 10): the feature DataLoader alone (uint8 from the workers, normalised on the GPU),
 #    then `bench_features.py`: untrained ResNeXt-50 fold models over the built-in set listed 20 times (42,000
 #    images), end to end against the bare forward on batches already in memory (aim >= 80%)
@@ -46,11 +49,14 @@ stamp "2. DataLoader only ($WORKERS workers)"
 LOAD=$(timeout 180 "$PY" bench/gpu_rates.py loader --data "$WORK/cells" --batch 256 --workers "$WORKERS" \
   | tee /dev/stderr | rate_of)
 
-stamp "2a. one worker: fused augmentation, then torchvision's step-by-step transforms (before)"
-timeout 90 "$PY" bench/gpu_rates.py loader --data "$WORK/cells" --batch 64 --batches 24 --workers 1 \
-  || echo "one-worker loader: failed or over 90 s"
-timeout 90 "$PY" bench/gpu_rates.py loader --data "$WORK/cells" --batch 64 --batches 24 --workers 1 --reference \
-  || echo "one-worker reference loader: failed or over 90 s"
+timeout 120 "$PY" bench/gpu_rates.py loader --data "$WORK/cells" --batch 256 --batches 30 --workers "$WORKERS" \
+  --augment-on workers || echo "loader, augmentation in the workers: failed or over 120 s"
+
+stamp "2a. one worker: augmentation on the GPU, in the worker, torchvision's step by step in the worker (before)"
+for how in "--augment-on device" "--augment-on workers" "--reference"; do
+  timeout 90 "$PY" bench/gpu_rates.py loader --data "$WORK/cells" --batch 64 --batches 16 --workers 1 $how \
+    || echo "one-worker loader $how: failed or over 90 s"
+done
 
 stamp "2b. the real training loop under torch.profiler (where the time goes)"
 timeout 180 "$PY" bench/gpu_rates.py profile --data "$WORK/cells" --batch 256 --workers "$WORKERS" --steps 40 \
@@ -64,7 +70,9 @@ train() {  # name, then extra train arguments
 }
 stamp "3a. train command, --batch-size 256 --workers $WORKERS"
 TRAIN=$(train run256 --batch-size 256 --workers "$WORKERS" | tee /dev/stderr | rate_of)
-stamp "3b. train command, default batch (64) and workers"
+stamp "3b. train command, --batch-size 256 --workers $WORKERS --augment-on workers (augmentation in the workers)"
+train run256w --batch-size 256 --workers "$WORKERS" --augment-on workers
+stamp "3c. train command, default batch (64) and workers"
 train run64
 
 stamp "4. feature extraction: the DataLoader alone ($WORKERS workers, then 1), then end to end vs the bare forward"

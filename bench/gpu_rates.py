@@ -2,15 +2,17 @@
 
     python bench/gpu_rates.py network [--batch 256] [--size 250] [--fp32] [--compile] [--device cuda]
         ResNeXt-50 forward + backward + AdamW on random tensors already on the device (the network alone)
-    python bench/gpu_rates.py loader --data DIR [--batch 256] [--size 250] [--workers N] [--device cuda] [--reference]
-        the training DataLoader alone: JPEG decode + the paper's augmentation + the host-to-device copy
-        (--reference: torchvision's transforms one by one, the augmentation before the fused PaperAugment)
+    python bench/gpu_rates.py loader --data DIR [--batch 256] [--size 250] [--workers N] [--device cuda]
+                                     [--augment-on auto|workers|device] [--reference]
+        the training DataLoader alone: JPEG decode + the paper's augmentation + the host-to-device copy, with
+        the augmentation where `train` runs it (auto: on the device on CUDA, after the copy; on CPU the batches
+        are consumed only). --reference: torchvision's transforms one by one in the workers (before PaperAugment)
     python bench/gpu_rates.py feature-loader --data DIR [--batch 512] [--size 250] [--workers N] [--device cuda]
                                              [--reference]
         the feature extraction's DataLoader alone: decode + resize to uint8 in the workers, then on CUDA the copy
         and the conversion to normalised float there (on CPU: consumed only). --reference: the float32 path
         before (eval_transform in the workers, 4x the bytes)
-    python bench/gpu_rates.py profile --data DIR [--batch 256] [--workers N] [--steps 60]
+    python bench/gpu_rates.py profile --data DIR [--batch 256] [--workers N] [--steps 60] [--augment-on ...]
         the real training loop (train_one_epoch) under torch.profiler: GPU busy share, top host and GPU ops
     python bench/gpu_rates.py train-rate RUN
         the rate a finished `python -m bmteach train` reached, from its fold's progress records (startup,
@@ -76,13 +78,20 @@ def _sync(dev) -> None:
 
 
 def loader(data: Path, batch: int, size: int, workers: int | None, device: str, batches: int = 60,
-           reference: bool = False) -> None:
+           reference: bool = False, augment_on: str = "auto") -> None:
     import torch
 
     from bmteach.augment import BalancedSampler, train_transform
     from bmteach.data import index
     from bmteach.models import DATASET_MEAN, DATASET_STD
-    from bmteach.train import CellImages, SeededSampler, default_workers, make_loader
+    from bmteach.train import (
+        CellImages,
+        SeededSampler,
+        augment_on_device,
+        default_workers,
+        make_loader,
+        model_batch,
+    )
 
     dev = torch.device(device)
     found = index(data)
@@ -90,7 +99,9 @@ def loader(data: Path, batch: int, size: int, workers: int | None, device: str, 
     paths = [path for path, _ in found.items]
     labels = [label for _, label in found.items]
     classes = sorted(set(labels))
-    ds = CellImages(data, paths, labels, train_transform(size, DATASET_MEAN, DATASET_STD, reference=reference), classes)
+    on_device = augment_on_device(dev, augment_on) and not reference
+    transform = train_transform(size, DATASET_MEAN, DATASET_STD, reference=reference, on_device=on_device)
+    ds = CellImages(data, paths, labels, transform, classes)
     workers = default_workers(dev) if workers is None else workers
     per_class = -(-batch * batches // len(classes))
     sampler = SeededSampler(BalancedSampler(ds.targets, per_class=per_class, seed=0), seed=0, fold=0)
@@ -98,14 +109,16 @@ def loader(data: Path, batch: int, size: int, workers: int | None, device: str, 
     n, start = 0, None
     for i, (x, y) in enumerate(data_loader):
         if dev.type == "cuda":  # on CPU consumed only: the rate of the workers themselves
-            x = x.to(dev, non_blocking=True, memory_format=torch.channels_last)
+            x = model_batch(x, dev)
         if i == 3:
             _sync(dev)
             start, n = time.perf_counter(), 0   # after the workers' start-up
         n += len(y)
     _sync(dev)
     rate = n / (time.perf_counter() - start)
-    what = "reference (step-by-step) augmentation" if reference else "paper augmentation"
+    what = ("reference (step-by-step) augmentation in the workers" if reference else
+            "paper augmentation on the device (uint8 + plans from the workers)" if on_device else
+            "paper augmentation in the workers")
     print(f"DataLoader only, {workers} workers, batch {batch}: JPEG decode + {what} at {size}px + "
           f"{'copy to cuda' if dev.type == 'cuda' else 'consumed only'}: {rate:,.0f} images/s "
           f"({rate / max(workers, 1):,.0f} per worker; "
@@ -161,7 +174,8 @@ def feature_loader(data: Path, batch: int, size: int, workers: int | None, devic
           f"({rate / max(workers, 1):,.0f} per worker; load {os.getloadavg()[0]:.1f})")
 
 
-def profile(data: Path, batch: int, size: int, workers: int | None, device: str, steps: int = 60) -> None:
+def profile(data: Path, batch: int, size: int, workers: int | None, device: str, steps: int = 60,
+            augment_on: str = "auto") -> None:
     """The real training loop (train.train_one_epoch on the real loader) for two short epochs, the second under
     torch.profiler: its rate, how busy the GPU was, and where the host's and the GPU's time went."""
     import torch
@@ -176,6 +190,7 @@ def profile(data: Path, batch: int, size: int, workers: int | None, device: str,
         ProgressLog,
         SeededSampler,
         TrainConfig,
+        augment_on_device,
         build_fold_state,
         default_workers,
         make_loader,
@@ -186,7 +201,8 @@ def profile(data: Path, batch: int, size: int, workers: int | None, device: str,
     found = index(data)
     paths, labels = [p for p, _ in found.items], [a for _, a in found.items]
     cfg = TrainConfig(model="resnext50", image_size=size, batch_size=batch, lr=1e-3, epochs=2)
-    ds = CellImages(found.class_root or data, paths, labels, train_transform(size, cfg.mean, cfg.std), cfg.classes)
+    transform = train_transform(size, cfg.mean, cfg.std, on_device=augment_on_device(dev, augment_on))
+    ds = CellImages(found.class_root or data, paths, labels, transform, cfg.classes)
     workers = default_workers(dev) if workers is None else workers
     per_class = -(-batch * steps // len(cfg.classes))
     sampler = SeededSampler(BalancedSampler(ds.targets, per_class=per_class, seed=0), seed=0, fold=0)
@@ -269,6 +285,7 @@ def main() -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--batches", type=int, default=60)
     p.add_argument("--reference", action="store_true")
+    p.add_argument("--augment-on", default="auto", choices=["auto", "workers", "device"])
     p = sub.add_parser("feature-loader")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--batch", type=int, default=512)
@@ -284,6 +301,7 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device", default="cuda")
     p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--augment-on", default="auto", choices=["auto", "workers", "device"])
     p = sub.add_parser("train-rate")
     p.add_argument("run", type=Path)
     p = sub.add_parser("project")
@@ -293,11 +311,12 @@ def main() -> int:
     if args.what == "network":
         network(args.batch, args.size, not args.fp32, args.compile, args.device)
     elif args.what == "loader":
-        loader(args.data, args.batch, args.size, args.workers, args.device, args.batches, args.reference)
+        loader(args.data, args.batch, args.size, args.workers, args.device, args.batches, args.reference,
+               args.augment_on)
     elif args.what == "feature-loader":
         feature_loader(args.data, args.batch, args.size, args.workers, args.device, args.batches, args.reference)
     elif args.what == "profile":
-        profile(args.data, args.batch, args.size, args.workers, args.device, args.steps)
+        profile(args.data, args.batch, args.size, args.workers, args.device, args.steps, args.augment_on)
     elif args.what == "train-rate":
         train_rate(args.run)
     else:

@@ -119,6 +119,13 @@ class StainAugment(v2.Transform):
 
 # log((v + 1) / 256) for each uint8 value v: minus the optical density rgb_to_stains computes, from a table
 _NEG_OD_U8 = torch.log((torch.arange(256, dtype=torch.float64) + 1.0) / 256.0).float()
+_NEG_OD_ON: dict = {}   # the table per device, copied once (a copy from the host per batch would wait for the GPU)
+
+
+def _neg_od_table(device: torch.device) -> torch.Tensor:
+    if device not in _NEG_OD_ON:
+        _NEG_OD_ON[device] = _NEG_OD_U8.to(device)
+    return _NEG_OD_ON[device]
 
 
 def stain_map(alpha, beta) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,20 +138,26 @@ def stain_map(alpha, beta) -> tuple[torch.Tensor, torch.Tensor]:
     return (STAIN_MATRIX_INV @ torch.diag(a) @ STAIN_MATRIX).T, b @ STAIN_MATRIX
 
 
+def perturb_stains_batch(images: torch.Tensor, k: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """Each image's stains changed by its own map (k: (B, 3, 3), e: (B, 3); see `stain_map`) in a few passes over
+    (B, 3, H, W) images, uint8 (densities read from a table; float32 out) or float in [0, 1] (its dtype out)."""
+    n = images.shape[0]
+    if images.dtype == torch.uint8:
+        dtype = torch.float32
+        neg_od = _neg_od_table(images.device).index_select(0, images.reshape(-1).int()).view(n, 3, -1)
+    else:
+        dtype = images.dtype
+        neg_od = torch.log((images.reshape(n, 3, -1) * 255.0 + 1.0) / 256.0)
+    neg_out = torch.baddbmm(-e.to(dtype).view(n, 3, 1), k.to(dtype), neg_od)   # minus the new density
+    return neg_out.exp_().mul_(256.0).sub_(1.0).div_(255.0).clamp_(0.0, 1.0).view(images.shape)
+
+
 def perturb_stains_fused(image: torch.Tensor, alpha, beta) -> torch.Tensor:
-    """`perturb_stains` in a few passes over a (3, H, W) image, uint8 (its densities read from a table; float32
-    out) or float in [0, 1] (its dtype out): one matrix product with `stain_map`, then back to RGB in [0, 1]."""
+    """`perturb_stains` on one (3, H, W) image (uint8 or float in [0, 1]) as one matrix product: `stain_map`."""
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"Expected a (3, H, W) image, got shape {tuple(image.shape)}.")
-    if image.dtype == torch.uint8:
-        dtype = torch.float32
-        neg_od = _NEG_OD_U8.index_select(0, image.reshape(-1).int()).view(3, -1)
-    else:
-        dtype = image.dtype
-        neg_od = torch.log((image.reshape(3, -1) * 255.0 + 1.0) / 256.0)
     k, e = stain_map(alpha, beta)
-    neg_out = torch.addmm(-e.to(dtype).view(3, 1), k.to(dtype), neg_od)   # minus the new density
-    return neg_out.exp_().mul_(256.0).sub_(1.0).div_(255.0).clamp_(0.0, 1.0).view(image.shape)
+    return perturb_stains_batch(image.unsqueeze(0), k.unsqueeze(0), e.unsqueeze(0))[0]
 
 
 # --- the training transform --------------------------------------------------------------------------------
@@ -153,6 +166,7 @@ def _paper_affine(mean, rotation, shift: float, shear: float) -> v2.RandomAffine
     shear_deg = math.degrees(math.atan(shear))
     return v2.RandomAffine(degrees=rotation, translate=(shift, shift), shear=(-shear_deg, shear_deg),
                            interpolation=v2.InterpolationMode.BILINEAR, fill=[float(m) for m in mean])
+
 
 def geometric_augment(mean, rotation=PAPER_ROTATION, shift: float = PAPER_SHIFT,
                       shear: float = PAPER_SHEAR) -> v2.Compose:
@@ -185,35 +199,56 @@ def inverse_affine_matrix(angle: float, translate, shear) -> list[float]:
     return m
 
 
-def sampling_grid(m: list[float], height: int, width: int, hflip: bool = False, vflip: bool = False,
-                  dtype=torch.float32) -> torch.Tensor:
-    """grid_sample's grid (1, H, W, 2) for the inverse matrix `m` on torchvision's pixel-centre coordinates,
-    followed by the flips: flipping the output mirrors the coordinate an output pixel starts from, so a flip is
-    a sign change of one column of `m` instead of a copy of the image."""
+def flip_matrix(m: list[float], hflip: bool, vflip: bool) -> list[float]:
+    """The inverse matrix `m` followed by the flips: flipping the output mirrors the coordinate an output pixel
+    starts from, so a flip is a sign change of one column of `m` instead of a copy of the image."""
     if hflip:
         m = [-m[0], m[1], m[2], -m[3], m[4], m[5]]
     if vflip:
         m = [m[0], -m[1], m[2], m[3], -m[4], m[5]]
-    xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, dtype=dtype)
-    ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, dtype=dtype).view(height, 1)
-    grid = torch.empty(1, height, width, 2, dtype=dtype)
-    hw, hh = 0.5 * width, 0.5 * height   # grid_sample's [-1, 1] spans the image
-    torch.add(xs * (m[0] / hw), ys * (m[1] / hw) + m[2] / hw, out=grid[0, ..., 0])
-    torch.add(xs * (m[3] / hh), ys * (m[4] / hh) + m[5] / hh, out=grid[0, ..., 1])
+    return m
+
+
+def sampling_grids(m: torch.Tensor, height: int, width: int, dtype=torch.float32) -> torch.Tensor:
+    """grid_sample's grids (B, H, W, 2) for inverse matrices `m` (B, 6) on torchvision's pixel-centre
+    coordinates: its `_affine_grid`, built by broadcasting instead of a (H*W, 3) x (3, 2) product."""
+    n, device = m.shape[0], m.device
+    scaled = m.clone()
+    scaled[:, :3] /= 0.5 * width    # grid_sample's [-1, 1] spans the image
+    scaled[:, 3:] /= 0.5 * height
+    s = scaled.to(dtype).view(n, 6, 1, 1)
+    xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, dtype=dtype, device=device)
+    ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, dtype=dtype, device=device).view(height, 1)
+    grid = torch.empty(n, height, width, 2, dtype=dtype, device=device)
+    torch.add(xs * s[:, 0], ys * s[:, 1] + s[:, 2], out=grid[..., 0])
+    torch.add(xs * s[:, 3], ys * s[:, 4] + s[:, 5], out=grid[..., 1])
     return grid
 
 
 def warp_and_normalize(rgb: torch.Tensor, grid: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Bilinear warp of a (3, H, W) float image with the mean colour filling what the warp uncovers, then
-    Normalize. torchvision samples a fourth all-ones channel (the coverage c) and fills as
-    (warped - mean) * c + mean; Normalize then subtracts the mean again, so both become (warped - mean) * c / std.
-    `mean` and `std` are (3, 1, 1) tensors."""
-    height, width = rgb.shape[-2:]
-    with_cover = torch.cat([rgb, torch.ones(1, height, width, dtype=rgb.dtype)]).unsqueeze(0)
+    """Bilinear warp of (B, 3, H, W) float images with the mean colour filling what the warp uncovers, then
+    Normalize (`mean`, `std`: (3,) or (B, 3)). torchvision samples a fourth all-ones channel (the coverage c) and
+    fills as (warped - mean) * c + mean; Normalize then subtracts the mean again: both become
+    (warped - mean) * c / std."""
+    n, _, height, width = rgb.shape
+    with_cover = torch.cat([rgb, torch.ones(n, 1, height, width, dtype=rgb.dtype, device=rgb.device)], dim=1)
     sampled = torch.nn.functional.grid_sample(with_cover, grid.to(rgb.dtype), mode="bilinear", padding_mode="zeros",
-                                              align_corners=False)[0]
-    warped, covered = sampled[:3], sampled[3:]
-    return warped.sub_(mean.to(rgb.dtype)).mul_(covered).div_(std.to(rgb.dtype))
+                                              align_corners=False)
+    warped, covered = sampled[:, :3], sampled[:, 3:]
+    return warped.sub_(mean.view(-1, 3, 1, 1)).mul_(covered).div_(std.view(-1, 3, 1, 1))
+
+
+PLAN_SIZE = 24   # an image's augmentation plan: stain map K (9) and offset e (3), sampling matrix (6), mean, std
+
+
+def augment_batch(images: torch.Tensor, plans: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) images, uint8 or float in [0, 1], each augmented by its plan (B, PLAN_SIZE) float64 from
+    `PaperAugment.plan`: stains, warp with flips and mean fill, Normalize. The same code for one image in a loader
+    worker (PaperAugment) and for a whole batch on the GPU (train.py, the augmentation on the device)."""
+    n = images.shape[0]
+    rgb = perturb_stains_batch(images, plans[:, :9].reshape(n, 3, 3), plans[:, 9:12])
+    grid = sampling_grids(plans[:, 12:18], *images.shape[-2:], dtype=rgb.dtype)
+    return warp_and_normalize(rgb, grid, plans[:, 18:21].to(rgb.dtype), plans[:, 21:24].to(rgb.dtype))
 
 
 class PaperAugment(v2.Transform):
@@ -229,8 +264,8 @@ class PaperAugment(v2.Transform):
         super().__init__()
         self.stain = StainAugment(stain_strength)
         self.affine = _paper_affine(mean, rotation, shift, shear)   # draws the geometry exactly as before
-        self.mean = torch.tensor([float(v) for v in mean]).view(3, 1, 1)
-        self.std = torch.tensor([float(v) for v in std]).view(3, 1, 1)
+        self.mean = torch.tensor([float(v) for v in mean], dtype=torch.float64)
+        self.std = torch.tensor([float(v) for v in std], dtype=torch.float64)
 
     def make_params(self, flat_inputs):
         # reference_augment's draws in its order: four for the stains, four for the affine, one per flip
@@ -239,25 +274,45 @@ class PaperAugment(v2.Transform):
         params["vflip"] = bool(torch.rand(1) < 0.5)
         return params
 
+    def plan(self, params) -> torch.Tensor:
+        """The drawn parameters as what `augment_batch` applies: (PLAN_SIZE,) float64."""
+        k, e = stain_map(params["alpha"], params["beta"])
+        m = flip_matrix(inverse_affine_matrix(params["angle"], params["translate"], params["shear"]),
+                        params["hflip"], params["vflip"])
+        return torch.cat([k.reshape(9), e, torch.tensor(m, dtype=torch.float64), self.mean, self.std])
+
     def transform(self, inpt, params):
-        if not isinstance(inpt, torch.Tensor):
-            raise TypeError(f"PaperAugment takes an image tensor, not {type(inpt).__name__}.")
-        rgb = perturb_stains_fused(inpt, params["alpha"], params["beta"])
-        m = inverse_affine_matrix(params["angle"], params["translate"], params["shear"])
-        grid = sampling_grid(m, *rgb.shape[-2:], hflip=params["hflip"], vflip=params["vflip"], dtype=rgb.dtype)
-        return warp_and_normalize(rgb, grid, self.mean, self.std)
+        if not isinstance(inpt, torch.Tensor) or inpt.ndim != 3 or inpt.shape[0] != 3:
+            raise ValueError(f"PaperAugment takes a (3, H, W) image tensor, not {type(inpt).__name__} "
+                             f"{tuple(getattr(inpt, 'shape', ()))}.")
+        return augment_batch(inpt.unsqueeze(0), self.plan(params).unsqueeze(0))[0]
+
+
+class PlannedAugment:
+    """The loader worker's half of augmenting on the device: PaperAugment's draws, exactly, returned as
+    (uint8 image, its plan) for `augment_batch` to apply to the whole batch on the GPU. The workers then only
+    decode and resize, and ship a quarter of float32's bytes."""
+
+    def __init__(self, augment: PaperAugment):
+        self.augment = augment
+
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return image, self.augment.plan(self.augment.make_params([image]))
 
 
 def train_transform(image_size: int, mean, std, stain_strength: float = 0.05, rotation=PAPER_ROTATION,
-                    shift: float = PAPER_SHIFT, shear: float = PAPER_SHEAR, reference: bool = False) -> v2.Compose:
+                    shift: float = PAPER_SHIFT, shear: float = PAPER_SHEAR, reference: bool = False,
+                    on_device: bool = False) -> v2.Compose:
     """PIL RGB image -> augmented, normalised float tensor (3, S, S). Deterministic under torch.manual_seed.
     reference=True builds it from torchvision's step-by-step transforms (`reference_augment`; slower, same
-    draws, same result to float rounding): what the tests and bench/ compare the fast path with."""
+    draws, same result to float rounding): what the tests and bench/ compare the fast path with.
+    on_device=True stops before the pixel work: (uint8 (3, S, S), plan), for `augment_batch` on the device."""
     resize = [v2.PILToTensor(), v2.Resize((image_size, image_size), antialias=True)]  # augment at training size
     if reference:
         return v2.Compose([*resize, v2.ToDtype(torch.float32, scale=True),
                            reference_augment(mean, std, stain_strength, rotation, shift, shear)])
-    return v2.Compose([*resize, PaperAugment(mean, std, stain_strength, rotation, shift, shear)])
+    augment = PaperAugment(mean, std, stain_strength, rotation, shift, shear)
+    return v2.Compose([*resize, PlannedAugment(augment) if on_device else augment])
 
 
 def apply_seeded(transform, image, seed: int):

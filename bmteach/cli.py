@@ -191,6 +191,8 @@ def _passthrough_args(args, run_dir: Path) -> list[str]:
            "--device", "cuda"]
     if args.workers is not None:
         out += ["--workers", str(args.workers)]
+    if args.augment_on != "auto":
+        out += ["--augment-on", args.augment_on]
     return out
 
 
@@ -259,7 +261,7 @@ def cli_train(args) -> int:
         else:
             # resume=True: a new run has nothing to resume, and an existing one got here only with --resume.
             status = train.run_training(cfg, run_dir, manifest, root, device, args.workers, resume=True, dist=dist,
-                                        report=note if dist.main else None)
+                                        report=note if dist.main else None, augment_on=args.augment_on)
         # Only the process that owns the run joins and evaluates: not another torchrun rank, not a
         # --parallel-folds child (its parent does it once every child is done).
         child = bool(os.environ.get(runs.PARENT_LOCK_ENV))
@@ -538,6 +540,9 @@ def _add_train(sub):
     p.add_argument("--finetune", default="all", choices=["all", "head"])
     p.add_argument("--pretrained", action="store_true", help="start from ImageNet weights (ResNeXt-50)")
     p.add_argument("--workers", type=int, default=None, help="data-loader workers (default: by device)")
+    p.add_argument("--augment-on", default="auto", choices=["auto", "workers", "device"],
+                   help="where the training augmentation runs: the loader workers, or the device on uint8 "
+                        "batches (default auto: the device on CUDA, the workers on CPU; same draws either way)")
     p.add_argument("--parallel-folds", action="store_true", help="one fold per GPU, in parallel")
     p.add_argument("--resume", action="store_true", help="continue a stopped run from its last checkpoint")
     p.set_defaults(handler=cli_train)
@@ -586,7 +591,8 @@ def _add_features(sub):
     p.add_argument("--data", help="data folder the manifest is relative to (default: the run's, else built-in)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default 64 CPU, 512 GPU)")
-    p.add_argument("--workers", type=int, default=None, help="decoding workers (default: 1 on CPU, 8 on a GPU)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decoding workers (default: 1 on CPU, all cores but one on a GPU)")
     p.set_defaults(handler=cli_features)
 
 

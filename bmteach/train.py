@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bmteach import __version__
-from bmteach.augment import BalancedSampler, derive_seed, eval_transform, train_transform
+from bmteach.augment import BalancedSampler, augment_batch, derive_seed, eval_transform, train_transform
 from bmteach.classes import ABBRS
 from bmteach.errors import CheckpointError, UserError
 from bmteach.models import DATASET_MEAN, DATASET_STD, MODELS, CellNet, ModelMeta, create_model, save_checkpoint
@@ -200,6 +200,29 @@ def make_loader(dataset: Dataset, sampler: Sampler | None, batch_size: int, devi
                       prefetch_factor=4 if workers > 0 else None, drop_last=False)
 
 
+AUGMENT_ON = ("auto", "workers", "device")
+
+
+def augment_on_device(device: torch.device, augment_on: str = "auto") -> bool:
+    """Where the training augmentation runs. "workers": the loader workers ship augmented float32 images.
+    "device": the workers only decode, resize and draw each image's parameters (the same draws), and the device
+    augments the uint8 batch (augment.augment_batch): a quarter of the bytes through shared and pinned memory and
+    about half the workers' work per image. "auto": the device on CUDA (where the workers were the bottleneck),
+    the workers elsewhere (CPU runs stay as they were)."""
+    if augment_on not in AUGMENT_ON:
+        raise UserError(f"--augment-on must be one of {', '.join(AUGMENT_ON)}, not {augment_on!r}.")
+    return augment_on == "device" or (augment_on == "auto" and device.type == "cuda")
+
+
+def model_batch(x, device: torch.device) -> torch.Tensor:
+    """A training batch on the device, channels_last: augmented images as they come, or (uint8 images, plans)
+    from workers that left the augmentation to the device, augmented there."""
+    if isinstance(x, (tuple, list)):
+        images, plans = x
+        x = augment_batch(images.to(device, non_blocking=True), plans.to(device, non_blocking=True))
+    return x.to(device, non_blocking=True, memory_format=torch.channels_last)
+
+
 def default_workers(device: torch.device) -> int:
     """GPU: most cores decode and augment (the GPU outruns a few of them); CPU: decode in the main process
     (the cores are busy training)."""
@@ -344,7 +367,7 @@ def train_one_epoch(state: FoldState, loader: DataLoader, device: torch.device, 
         torch.set_rng_state(state.resume_rng)
         state.resume_rng = None
     for step, (x, y) in enumerate(batches, start=state.step + 1):
-        x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
+        x = model_batch(x, device)
         y = y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = state.net(x)
@@ -417,10 +440,10 @@ def fold_summary(oof: pd.DataFrame, history: list[dict]) -> dict:
 
 def train_fold(cfg: TrainConfig, run_dir: Path, root: Path, manifest: pd.DataFrame, fold: int,
                device: torch.device, workers: int = 0, dist: Dist | None = None,
-               stop_after_epoch: int | None = None) -> CellNet | None:
+               stop_after_epoch: int | None = None, augment_on: str = "auto") -> CellNet | None:
     """Train fold `fold` (resuming from its last.pt when present), then write its oof.csv, model.pt and meta.json.
     Returns the trained model, or None when stopped early by `stop_after_epoch` (a test hook: the effect of a
-    kill right after that epoch's checkpoint)."""
+    kill right after that epoch's checkpoint). `augment_on`: see augment_on_device."""
     dist = dist or Dist()
     if runs.stop_requested():
         return None  # asked to stop before this fold began: nothing to save
@@ -428,8 +451,10 @@ def train_fold(cfg: TrainConfig, run_dir: Path, root: Path, manifest: pd.DataFra
     if dist.main:
         fold_dir.mkdir(parents=True, exist_ok=True)
     train_df, val_df = split_fold(manifest, fold)
+    on_device = augment_on_device(device, augment_on)
     dataset = CellImages(root, train_df["path"], train_df["label"],
-                         train_transform(cfg.image_size, cfg.mean, cfg.std, cfg.stain_strength), cfg.classes)
+                         train_transform(cfg.image_size, cfg.mean, cfg.std, cfg.stain_strength, on_device=on_device),
+                         cfg.classes)
     balanced = BalancedSampler(dataset.targets, cfg.per_class, seed=derive_seed(cfg.seed, fold, _SAMPLER),
                                num_replicas=dist.world_size, rank=dist.rank)
     sampler = SeededSampler(balanced, cfg.seed, fold)
@@ -574,7 +599,8 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, manifest: pd.DataFrame, resume:
 
 def run_training(cfg: TrainConfig, run_dir: Path, manifest: pd.DataFrame, root: Path, device: torch.device,
                  workers: int | None = None, resume: bool = False, dist: Dist | None = None,
-                 stop_after_epoch: int | None = None, report: Callable[[str], None] | None = None) -> int:
+                 stop_after_epoch: int | None = None, report: Callable[[str], None] | None = None,
+                 augment_on: str = "auto") -> int:
     """Train cfg.folds in turn into run_dir (the caller holds its lock). Joining the folds' predictions and
     scoring them is the caller's next step (runs.write_oof, evaluate.evaluate_run). report(sentence) hears about
     folds skipped as already complete. Returns an exit status."""
@@ -588,7 +614,7 @@ def run_training(cfg: TrainConfig, run_dir: Path, manifest: pd.DataFrame, root: 
             continue
         if not resume and (runs.fold_dir(run_dir, fold) / runs.LAST).is_file():
             raise UserError(f"Fold {fold} of {run_dir} was interrupted; add --resume to continue it.")
-        model = train_fold(cfg, run_dir, root, manifest, fold, device, workers, dist, stop_after_epoch)
+        model = train_fold(cfg, run_dir, root, manifest, fold, device, workers, dist, stop_after_epoch, augment_on)
         if model is None:
             return 0
     return 0

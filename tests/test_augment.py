@@ -17,6 +17,7 @@ from bmteach.augment import (
     balanced_indices,
     derive_seed,
     eval_transform,
+    flip_matrix,
     geometric_augment,
     inverse_affine_matrix,
     normalize_batch,
@@ -25,7 +26,7 @@ from bmteach.augment import (
     reference_augment,
     resize_transform,
     rgb_to_stains,
-    sampling_grid,
+    sampling_grids,
     stain_map,
     stains_to_rgb,
     train_transform,
@@ -279,8 +280,8 @@ def test_warp_with_folded_flips_equals_affine_then_flips_then_normalize(angle, t
     if vflip:
         expected = F.vertical_flip(expected)
     expected = F.normalize(expected, list(MEAN), list(STD))
-    grid = sampling_grid(inverse_affine_matrix(angle, translate, shear), 23, 30, hflip=hflip, vflip=vflip)
-    got = warp_and_normalize(x, grid, torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1))
+    m = torch.tensor([flip_matrix(inverse_affine_matrix(angle, translate, shear), hflip, vflip)], dtype=torch.float64)
+    got = warp_and_normalize(x.unsqueeze(0), sampling_grids(m, 23, 30), torch.tensor(MEAN), torch.tensor(STD))[0]
     assert torch.allclose(got, expected, atol=1e-4)
 
 
@@ -321,3 +322,28 @@ def test_seed_sample_draws_what_manual_seed_draws():
         torch.manual_seed(seed + 1)
         seed_sample(seed)
         assert torch.equal(torch.rand(5), expected)
+
+
+def test_augmenting_on_the_device_equals_augmenting_in_the_worker():
+    """The worker's half (PlannedAugment: uint8 image + plan) draws exactly what PaperAugment draws, and
+    augment_batch over the collated batch gives each image PaperAugment's result."""
+    from bmteach.augment import PLAN_SIZE, augment_batch
+
+    in_worker = train_transform(40, MEAN, STD)
+    planned = train_transform(40, MEAN, STD, on_device=True)
+    images, plans, expected = [], [], []
+    for seed in range(6):
+        img = random_pil(52, seed=seed)
+        torch.manual_seed(seed)
+        expected.append(in_worker(img))
+        after_worker = torch.rand(2)
+        torch.manual_seed(seed)
+        image, plan = planned(img)
+        assert torch.equal(torch.rand(2), after_worker)
+        assert image.dtype == torch.uint8 and image.shape == (3, 40, 40)
+        assert plan.dtype == torch.float64 and plan.shape == (PLAN_SIZE,)
+        images.append(image)
+        plans.append(plan)
+    got = augment_batch(torch.stack(images), torch.stack(plans))
+    assert got.dtype == torch.float32 and got.shape == (6, 3, 40, 40)
+    assert torch.allclose(got, torch.stack(expected), atol=1e-5)

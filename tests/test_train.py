@@ -242,3 +242,20 @@ def test_progress_records_have_the_documented_fields(tiny_data, tmp_path):
 def test_parallel_fold_plan_deals_folds_round_robin():
     assert plan_parallel_folds([0, 1, 2, 3, 4], 2) == [[0, 2, 4], [1, 3]]
     assert plan_parallel_folds([0, 1], 4) == [[0], [1]]
+
+
+def test_augmenting_on_the_device_trains_the_same_model(tiny_data, tmp_path):
+    """--augment-on device (workers ship uint8 images and plans, the batch is augmented after the copy) trains
+    bit for bit the model the workers' own augmentation trains, here on CPU, through a worker process too."""
+    models = {}
+    for aug, workers in [("workers", 1), ("device", 1), ("workers", 0), ("device", 0)]:
+        cfg = tiny_config(tiny_data, folds=[0], epochs=2)
+        out = tmp_path / f"{aug}{workers}"
+        manifest = prepared_run(tiny_data, out, cfg)
+        assert run_training(cfg, out, manifest, tiny_data, torch.device("cpu"), workers=workers, augment_on=aug) == 0
+        models[aug, workers] = out / "fold0" / "model.pt"
+    assert state_dicts_equal(models["workers", 1], models["device", 1])
+    assert state_dicts_equal(models["workers", 0], models["device", 0])
+    with pytest.raises(UserError, match="augment-on"):
+        run_training(tiny_config(tiny_data, folds=[0]), tmp_path / "x", manifest, tiny_data, torch.device("cpu"),
+                     workers=0, augment_on="gpu")
