@@ -194,10 +194,14 @@ def split_fold(manifest: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.Data
 
 def make_loader(dataset: Dataset, sampler: Sampler | None, batch_size: int, device: torch.device,
                 workers: int) -> DataLoader:
+    """Its own generator: each iter() of a loader draws a base seed for its workers from `generator`, the global
+    RNG when None, but persistent workers reuse the first iterator, so from epoch 2 on (and after a resume) the
+    dropout draws would depend on the number of workers. The base seed changes nothing here (every training sample
+    is seeded by SeededSampler; evaluation draws nothing)."""
     on_gpu = device.type == "cuda"
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
                       pin_memory=on_gpu, persistent_workers=workers > 0 and sampler is not None,
-                      prefetch_factor=4 if workers > 0 else None, drop_last=False)
+                      prefetch_factor=4 if workers > 0 else None, drop_last=False, generator=torch.Generator())
 
 
 AUGMENT_ON = ("auto", "workers", "device")
@@ -362,7 +366,7 @@ def train_one_epoch(state: FoldState, loader: DataLoader, device: torch.device, 
     sums = torch.tensor(state.sums[:2], dtype=torch.float64, device=device)  # loss x images, correct
     seen = int(state.sums[2])
     log_every = max(1, min(50, log.steps // 10))
-    batches = iter(loader)  # draws the loader's base seed from the RNG, so a resumed epoch restores it after this
+    batches = iter(loader)  # touches no global RNG (make_loader), but a resumed epoch restores it after this anyway
     if state.resume_rng is not None:
         torch.set_rng_state(state.resume_rng)
         state.resume_rng = None

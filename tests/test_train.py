@@ -259,3 +259,21 @@ def test_augmenting_on_the_device_trains_the_same_model(tiny_data, tmp_path):
     with pytest.raises(UserError, match="augment-on"):
         run_training(tiny_config(tiny_data, folds=[0]), tmp_path / "x", manifest, tiny_data, torch.device("cpu"),
                      workers=0, augment_on="gpu")
+
+
+def test_the_number_of_loader_workers_does_not_change_the_model(tiny_data, tmp_path):
+    """Persistent workers keep the loader's first iterator, so only its first iter() would draw the workers' base
+    seed; from the global RNG, that shifted the dropout draws of every later epoch by the number of workers (and
+    on resuming with workers). The loader has its own generator: the same model with 0 or 1 workers, resumed or
+    not, from epoch 2 on too."""
+    cfg = tiny_config(tiny_data, folds=[0], epochs=2)
+    models = {}
+    for name, workers, stop in [("w0", 0, None), ("w1", 1, None), ("w1-resumed", 1, 1)]:
+        out = tmp_path / name
+        manifest = prepared_run(tiny_data, out, cfg)
+        assert run_training(cfg, out, manifest, tiny_data, torch.device("cpu"), workers, stop_after_epoch=stop) == 0
+        if stop:
+            assert run_training(cfg, out, manifest, tiny_data, torch.device("cpu"), workers, resume=True) == 0
+        models[name] = out / "fold0" / "model.pt"
+    assert state_dicts_equal(models["w0"], models["w1"])
+    assert state_dicts_equal(models["w1"], models["w1-resumed"])
