@@ -32,6 +32,19 @@ def fresh_home(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture
+def env(tiny, monkeypatch, fresh_home):
+    """The app pointed at the test module's `tiny` fixture (its first two items: the data folder and the run
+    folder), with a fresh home and no instructor secret. Returns `tiny`."""
+    from bmteach import settings
+
+    data, run = tiny[:2]
+    monkeypatch.setenv(settings.DATA_ENV, str(data))
+    monkeypatch.setenv(settings.RUN_ENV, str(run))
+    monkeypatch.delenv(settings.SECRET_ENV, raising=False)
+    return tiny
+
+
+@pytest.fixture
 def real_sample() -> Path:
     """The 420 real cells in ../shared/realdata; the test is skipped when they are absent."""
     if not REAL_SAMPLE.is_dir():

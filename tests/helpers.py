@@ -80,3 +80,15 @@ def make_untrained_run(data: Path, run: Path, k: int = 2):
         meta = ModelMeta(model="sequential", image_size=32, fold=fold, epochs=1, epoch=1, complete=True)
         save_checkpoint(create_model("sequential", len(ABBRS)), meta, run / f"fold{fold}" / "model.pt")
     return manifest
+
+
+def run_page(path: str, **params):
+    """Run one page under Streamlit's AppTest (query parameters from params, 60 s per run) and fail the test on
+    any exception the page raised. Returns the AppTest for further runs and inspection."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(path, default_timeout=60)
+    at.query_params.update(params)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at

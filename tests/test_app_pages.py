@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from helpers import make_untrained_run
+from helpers import make_untrained_run, run_page
 from streamlit.testing.v1 import AppTest
 
 from bmteach import settings
@@ -39,22 +39,6 @@ def tiny(tmp_path_factory):
                                    "tolerant": {"precision": 0.75, "recall": 1.0}}}}
     (run / "metrics.json").write_text(json.dumps(metrics))
     return data, run, manifest
-
-
-@pytest.fixture
-def env(tiny, monkeypatch, fresh_home):
-    data, run, _ = tiny
-    monkeypatch.setenv(settings.DATA_ENV, str(data))
-    monkeypatch.setenv(settings.RUN_ENV, str(run))
-    monkeypatch.delenv(settings.SECRET_ENV, raising=False)
-    return tiny
-
-
-def run_page(path: str) -> AppTest:
-    at = AppTest.from_file(path, default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def frame(at: AppTest, column: str) -> pd.DataFrame:

@@ -11,15 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import make_untrained_run
-from streamlit.testing.v1 import AppTest
+from helpers import make_untrained_run, run_page
 
 from bmteach import settings, ui
 from bmteach.errors import UserError
 from bmteach.storage import REPO_ROOT
 from bmteach.synth import generate_dataset
 
-TIMEOUT = 60
 HOME, ATLAS, EXPLAIN, TEACHER = (str(REPO_ROOT / p) for p in (
     "app.py", "pages/1_Atlas.py", "pages/3_Explain.py", "pages/7_Teacher.py"))
 
@@ -31,22 +29,6 @@ def tiny(tmp_path):
     run = tmp_path / "run"
     make_untrained_run(data, run)
     return data, run
-
-
-@pytest.fixture
-def env(tiny, monkeypatch, fresh_home):
-    data, run = tiny
-    monkeypatch.setenv(settings.DATA_ENV, str(data))
-    monkeypatch.setenv(settings.RUN_ENV, str(run))
-    monkeypatch.delenv(settings.SECRET_ENV, raising=False)
-    return tiny
-
-
-def run_page(path: str) -> AppTest:
-    at = AppTest.from_file(path, default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def one_sentence(text: str) -> None:

@@ -4,6 +4,7 @@ unsure EOS)."""
 from __future__ import annotations
 
 import pytest
+from helpers import run_page
 from quiz_helpers import CONTESTED, make_quiz_setup
 from streamlit.testing.v1 import AppTest
 
@@ -11,7 +12,6 @@ from bmteach import settings
 from bmteach.storage import REPO_ROOT
 from bmteach.store import open_store
 
-TIMEOUT = 60
 QUIZ, TEACHER = (str(REPO_ROOT / p) for p in ("pages/2_Quiz.py", "pages/7_Teacher.py"))
 SECRET = "correct horse"
 
@@ -22,21 +22,10 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture
-def env(tiny, monkeypatch, fresh_home):
-    data, run = tiny
-    monkeypatch.setenv(settings.DATA_ENV, str(data))
-    monkeypatch.setenv(settings.RUN_ENV, str(run))
-    monkeypatch.delenv(settings.SECRET_ENV, raising=False)
+def env(env, monkeypatch):
+    """conftest's env (the app pointed at `tiny`) with the default quiz database; returns the store."""
     monkeypatch.delenv("BMTEACH_DB_URL", raising=False)
     return open_store()
-
-
-def page(path: str, **params) -> AppTest:
-    at = AppTest.from_file(path, default_timeout=TIMEOUT)
-    at.query_params.update(params)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def texts(at: AppTest) -> str:
@@ -56,7 +45,7 @@ def submit(at: AppTest, label: str = "Answer") -> None:
 
 def test_joining_puts_the_token_in_the_url_and_a_refresh_resumes(env):
     code = env.create_class("Test class")
-    at = page(QUIZ)
+    at = run_page(QUIZ)
     assert "Join your class" in texts(at)
     at.text_input(key="join_code").input(code.lower())
     at.text_input(key="join_name").input("ann")
@@ -64,16 +53,16 @@ def test_joining_puts_the_token_in_the_url_and_a_refresh_resumes(env):
     token = at.query_params["t"]
     assert env.student(token).pseudonym == "ann"
     # a refresh is a new session: only the URL survives
-    again = page(QUIZ, t=token)
+    again = run_page(QUIZ, t=token)
     assert "Answering as **ann**" in texts(again) and not [t for t in again.text_input if t.key == "join_code"]
-    stale = page(QUIZ, t="no-such-token")
+    stale = run_page(QUIZ, t="no-such-token")
     assert "not valid any more" in texts(stale)
 
 
 def test_a_practice_round_commits_then_reveals_and_stores_each_answer_once(env):
     code = env.create_class()
     ann = env.join(code, "ann")
-    at = page(QUIZ, t=ann.token)
+    at = run_page(QUIZ, t=ann.token)
     assert any(img.captions and "Which cell is this?" in img.captions[0] for img in at.image)
     assert "Expert:" not in texts(at)  # nothing revealed before the answer
     answer_box(at).select("MYB")
@@ -89,20 +78,20 @@ def test_a_practice_round_commits_then_reveals_and_stores_each_answer_once(env):
     answer_box(at).select("NGS")
     submit(at)
     assert len(env.answers_of(ann.token)) == 2
-    results = page(QUIZ, t=ann.token, m="results")
+    results = run_page(QUIZ, t=ann.token, m="results")
     assert "Per class: you and the model" in texts(results)
 
 
 def test_beat_the_model_and_experts_disagree_sets(env):
     code = env.create_class()
     ann = env.join(code, "ann")
-    at = page(QUIZ, t=ann.token, m="beat")
+    at = run_page(QUIZ, t=ann.token, m="beat")
     answer_box(at).select("EOS")  # the only beat-the-model cell: an EOS the model called BAS, unsure
     submit(at)
     assert "You beat the model!" in texts(at)
     next(b for b in at.button if b.label == "Next item").click().run()
     assert "You have answered every beat-the-model cell." in texts(at)
-    at = page(QUIZ, t=ann.token, m="contested")
+    at = run_page(QUIZ, t=ann.token, m="contested")
     answer_box(at).select("MYB")  # the contested MMZ: the model says MYB at 95%
     submit(at)
     assert "confidently disagrees" in texts(at) and "near miss" in texts(at)
@@ -115,7 +104,7 @@ def test_an_exam_gives_feedback_only_at_the_end(env, tiny):
     ann = env.join(code, "ann")
     items = ["MMZ/0001-0003/MMZ_00002.jpg", "MYB/0001-0003/MYB_00002.jpg"]
     exam = env.create_exam(code, items, title="Week 1", time_limit_s=600)
-    at = page(QUIZ, t=ann.token, m="exam", e=exam)
+    at = run_page(QUIZ, t=ann.token, m="exam", e=exam)
     assert "Week 1" in texts(at) and "10 minutes" in texts(at)
     next(b for b in at.button if b.label == "Start the exam").click().run()
     for chosen in ("MMZ", "NGS"):
@@ -136,13 +125,13 @@ def test_an_exam_whose_time_is_up_takes_no_more_answers(env):
     ann = env.join(code, "ann")
     exam = env.create_exam(code, ["MMZ/0001-0003/MMZ_00002.jpg"], time_limit_s=60)
     env.start_exam(ann.token, exam, now=time.time() - 120)
-    at = page(QUIZ, t=ann.token, m="exam", e=exam)
+    at = run_page(QUIZ, t=ann.token, m="exam", e=exam)
     assert "Exam finished." in texts(at) and not [s for s in at.selectbox if s.label == "Your answer"]
     assert at.table[0].value["your answer"].tolist() == ["(none)"]
 
 
 def test_the_teacher_page_needs_the_secret(env):
-    at = page(TEACHER)
+    at = run_page(TEACHER)
     assert settings.SECRET_ENV in texts(at) and not at.selectbox
 
 
@@ -154,7 +143,7 @@ def test_the_teacher_page_with_the_secret(env, monkeypatch):
     for who, chosen in ((ann, "MYB"), (bob, "MMZ")):
         env.record_answer(Answer(f"{who.pseudonym}-1", who.token, "MMZ/0001-0003/MMZ_00002.jpg", "MMZ", chosen,
                                  "MMZ", chosen == "MMZ", True, 1.0 if chosen == "MMZ" else 0.5))
-    at = page(TEACHER)
+    at = run_page(TEACHER)
     at.text_input(key="teacher_secret").input("wrong").run()
     assert "not the instructor secret" in texts(at) and not at.selectbox
     at.text_input(key="teacher_secret").input(SECRET).run()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_page
 from streamlit.testing.v1 import AppTest
 
 from bmteach import settings, storage, ui
@@ -29,7 +30,6 @@ from bmteach.models import ModelMeta, create_model, save_checkpoint
 from bmteach.storage import REPO_ROOT
 from bmteach.synth import generate_dataset
 
-TIMEOUT = 60
 HOME = str(REPO_ROOT / "app.py")  # the home page runs through app.py's navigation (its page links need it)
 PAGES = [HOME] + [str(REPO_ROOT / "pages" / p.file) for items in ui.present_pages().values() for p in items
                   if p.file != ui.HOME_PAGE]
@@ -70,13 +70,6 @@ def one_sentence(text: str) -> None:
 def page_texts(at: AppTest) -> list[str]:
     return [e.value for kind in ("error", "warning", "info") for e in list(getattr(at, kind))
             + list(getattr(at.sidebar, kind))]
-
-
-def run_page(path: str) -> AppTest:
-    at = AppTest.from_file(path, default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 # --- typed in the settings form -------------------------------------------------------------------------------
