@@ -575,21 +575,24 @@ def _add_predict(sub):
     p.set_defaults(handler=cli_predict)
 
 
-def _add_ood(sub):
-    p = sub.add_parser("ood", help="fit the out-of-distribution score of a run (stored beside it)")
+def _add_run_command(sub, name: str, summary: str, device_help: str | None = None) -> argparse.ArgumentParser:
+    """A command over a run's images: RUN, --data (where its manifest's paths live) and --device."""
+    p = sub.add_parser(name, help=summary)
     p.add_argument("run", help="run folder")
     p.add_argument("--data", help="data folder the manifest is relative to (default: the run's, else built-in)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=device_help)
+    return p
+
+
+def _add_ood(sub):
+    p = _add_run_command(sub, "ood", "fit the out-of-distribution score of a run (stored beside it)")
     p.add_argument("--max-per-class", type=int, default=200, help="training images per class used to fit")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=cli_ood)
 
 
 def _add_features(sub):
-    p = sub.add_parser("features", help="penultimate features of a run's images, each from its held-out fold model")
-    p.add_argument("run", help="run folder")
-    p.add_argument("--data", help="data folder the manifest is relative to (default: the run's, else built-in)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p = _add_run_command(sub, "features", "penultimate features of a run's images, each from its held-out fold model")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default 64 CPU, 512 GPU)")
     p.add_argument("--workers", type=int, default=None,
                    help="decoding workers (default: 1 on CPU, all cores but one on a GPU)")
@@ -597,10 +600,8 @@ def _add_features(sub):
 
 
 def _add_embed(sub):
-    p = sub.add_parser("embed", help="the feature map: PCA then UMAP of a run's features (cached)")
-    p.add_argument("run", help="run folder")
-    p.add_argument("--data", help="data folder the manifest is relative to (default: the run's, else built-in)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="for the features")
+    p = _add_run_command(sub, "embed", "the feature map: PCA then UMAP of a run's features (cached)",
+                         device_help="for the features")
     p.add_argument("--pca-dims", type=int, default=50)
     p.add_argument("--neighbors", type=int, default=15, help="UMAP n_neighbors")
     p.add_argument("--min-dist", type=float, default=0.1, help="UMAP min_dist")
