@@ -8,7 +8,6 @@ per-class recall, and the share of answers that are NIF.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,23 +16,16 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from realism_common import REAL, real_split  # noqa: E402
+from realism_common import real_test_images, run_on_real_parser  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", default=str(HERE.parent / "models" / "demo"))
-    ap.add_argument("--real", type=Path, default=REAL)
-    args = ap.parse_args()
-    from PIL import Image
-
+    args = run_on_real_parser(__doc__).parse_args()
     from bmteach.infer import Predictor
     predictor = Predictor.from_run(args.run, device="cpu")
-    _, test = real_split(args.real)
-    present = sorted(test)
-    true, probs = [], []
-    for abbr in present:
-        images = [Image.open(f).convert("RGB") for f in test[abbr]]
+    present, true, probs = [], [], []
+    for abbr, images in real_test_images(args.real):
+        present.append(abbr)
         probs.append(predictor.predict_proba(images))
         true += [abbr] * len(images)
     probs, true = np.concatenate(probs), np.array(true)

@@ -9,7 +9,6 @@ stored threshold, and per-class flag rates of the real cells. Needs `python -m b
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,13 +17,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from realism_common import REAL, real_split  # noqa: E402
+from realism_common import real_test_images, run_on_real_parser  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", default=str(HERE.parent / "models" / "demo"))
-    ap.add_argument("--real", type=Path, default=REAL)
+    ap = run_on_real_parser(__doc__)
     ap.add_argument("--data", default=None, help="the run's data folder (default: its own, else built-in)")
     args = ap.parse_args()
     from PIL import Image
@@ -43,13 +40,11 @@ def main() -> None:
     root = resolve_data_root(args.run, args.data)
     held_images = [Image.open(root / p).convert("RGB") for p in table.rows["path"].iloc[held]]
     syn_scores = model.score(np.asarray(table.features, np.float32)[held], ood.image_stats(held_images))
-    _, test = real_split(args.real)
     real_scores, real_labels = [], []
-    for abbr, files in test.items():
-        images = [Image.open(f).convert("RGB") for f in files]
+    for abbr, images in real_test_images(args.real):
         s, _ = ood.score_images(predictor, model, images)
         real_scores += s.tolist()
-        real_labels += [abbr] * len(files)
+        real_labels += [abbr] * len(images)
     real_scores = np.asarray(real_scores)
     y = np.r_[np.zeros(len(syn_scores)), np.ones(len(real_scores))]
     auroc = roc_auc_score(y, np.r_[syn_scores, real_scores])

@@ -6,6 +6,8 @@ only images any reported figure is measured on). Nothing here copies real pixels
 """
 from __future__ import annotations
 
+import argparse
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull
 
 REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "realdata" / "BM_cytomorphology_sample"
+DEMO_RUN = Path(__file__).resolve().parent.parent / "models" / "demo"
 SPLIT_SEED = 12
 
 
@@ -32,6 +35,22 @@ def real_split(root: Path, seed: int = SPLIT_SEED) -> tuple[dict, dict]:
         fit[abbr] = [files[i] for i in sorted(order[:half])]
         test[abbr] = [files[i] for i in sorted(order[half:])]
     return fit, test
+
+
+def run_on_real_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line of a bench that measures a run (--run, the shipped demo by default) on the real sample
+    (--real); doc's first line is the description."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--run", default=str(DEMO_RUN))
+    ap.add_argument("--real", type=Path, default=REAL)
+    return ap
+
+
+def real_test_images(root: Path) -> Iterator[tuple[str, list[Image.Image]]]:
+    """(class, its TEST-half images as RGB PIL images), class by class in sorted order (one class in memory)."""
+    _, test = real_split(root)
+    for abbr, files in test.items():
+        yield abbr, [Image.open(f).convert("RGB") for f in files]
 
 
 # --------------------------------------------------------------------------------------------------------------
