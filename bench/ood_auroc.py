@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/ood_auroc.py [--run models/demo] [--real ../shared/realdata/BM_cytomorphology_sample]
 
-In-distribution: the run's held-out images of its reference fold (the 'check' half that did not set the
-threshold, through the fold model that never trained on them, bmteach.features). Out-of-distribution: the TEST
+In-distribution: the run's held-out images of its reference fold (through the fold model that never trained on
+them, bmteach.features; the AUROC does not depend on the threshold they also set). Out-of-distribution: the TEST
 half of the real sample (bench/realism_common.real_split). Prints the AUROC, the share of each flagged at the
 stored threshold, and per-class flag rates of the real cells. Needs `python -m bmteach ood RUN` first.
 """
@@ -50,7 +50,7 @@ def main() -> None:
     auroc = roc_auc_score(y, np.r_[syn_scores, real_scores])
     print(f"run {args.run}: reference fold {model.fold}, threshold {model.threshold:.4g}")
     print(f"held-out synthetic ({len(syn_scores)} images of fold {model.fold}): flagged "
-          f"{model.flag(syn_scores).mean():.1%} (the calibration half sets 5%), median score {np.median(syn_scores):.3f}")
+          f"{model.flag(syn_scores).mean():.1%} (the threshold leaves 5% of them above it), median score {np.median(syn_scores):.3f}")
     print(f"real cells (test half, {len(real_scores)}): flagged {model.flag(real_scores).mean():.1%}, "
           f"median score {np.median(real_scores):.3f}")
     labels = np.asarray(real_labels)

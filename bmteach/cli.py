@@ -428,8 +428,8 @@ def cli_ood(args) -> int:
     info = model.info
     print(f"Wrote {Path(args.run) / runs.OOD}: fold-{model.fold} model, {info['fit_images']} training images, "
           f"threshold {model.threshold:.4g} ({1 - info['quantile']:.0%} of {info['calibration_images']} held-out "
-          f"images flagged by construction; {info['check_flagged_share']:.1%} of the other "
-          f"{info['check_images']} held-out images flagged), {info['seconds']} s.")
+          f"images flagged by construction; a threshold set on half of them flags {info['check_flagged_share']:.1%} "
+          f"of the other half), {info['seconds']} s.")
     return 0
 
 

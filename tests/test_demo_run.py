@@ -64,9 +64,9 @@ def test_metrics_file_matches_the_out_of_fold_predictions(oof):
 
 def test_fold_models_reproduce_their_stored_out_of_fold_probabilities(tmp_path, oof):
     """The synthetic generator draws image n of a class from its own seed, so a 2-per-class set regenerates the
-    default set's first two cells byte for byte; each is predicted by the fold model that held it out. The run
-    was trained on a GPU (bench/gpu_demo_retrain.sh); its held-out predictions are float32 without autocast or
-    TF32, so this CPU recomputes them to within 1e-4."""
+    default set's first two cells byte for byte; each is predicted by the fold model that held it out. Its
+    held-out predictions are float32 without autocast or TF32 (also when trained on a GPU with
+    bench/gpu_demo_retrain.sh), so this CPU recomputes them to within 1e-4."""
     data = generate_dataset(tmp_path / "data", per_class=2, seed=0, workers=1)
     predictor = Predictor.from_run(DEMO_RUN, device="cpu")
     rows = oof.set_index("path")

@@ -69,7 +69,7 @@ GRANULES = {
     "azurophilic": GranuleKind("azur", 1.7, 0.42, 0.045, False, True),
     "specific": GranuleKind("azur", 1.1, 0.14, 0.060, False),
     "dust": GranuleKind("azur", 0.9, 0.12, 0.030, False),
-    "eosinophilic": GranuleKind("eos_granule", 1.9, 0.60, 0.050, False),
+    "eosinophilic": GranuleKind("eos_granule", 1.5, 0.42, 0.070, False),
     "basophilic": GranuleKind("dark_granule", 2.0, 0.80, 0.014, True),
     "abnormal": GranuleKind("dark_granule", 2.2, 0.65, 0.012, True),
     "mast": GranuleKind("dark_granule", 1.4, 0.75, 0.045, True),
@@ -199,8 +199,8 @@ def _eosinophil(abbr: str, rng: np.random.Generator) -> CellSpec:
     return CellSpec(
         abbr=abbr, diameter=rng.uniform(11.5, 15.5), aspect=rng.uniform(1.0, 1.2), **shape,
         nuc_density=rng.uniform(0.75, 0.95), chromatin_coarse=0.6, chromatin_contrast=0.3,
-        cyto_density=0.25, cyto_blue=rng.uniform(0.1, 0.5), cyto_pink=0.7,
-        granules={"eosinophilic": rng.uniform(0.75, 1.15)},                      # coarse, orange-salmon
+        cyto_density=0.25, cyto_blue=rng.uniform(0.3, 0.7), cyto_pink=0.3, cyto_grey=0.3,  # pale blue-grey
+        granules={"eosinophilic": rng.uniform(0.6, 1.2)},                        # packed rose-mauve granules
     )
 
 
@@ -237,7 +237,7 @@ def _monocyte(abbr: str, rng: np.random.Generator) -> CellSpec:
         # chromatin, grey-blue vacuolated cytoplasm, ruffled edges
         abbr=abbr, diameter=rng.uniform(12.5, 16.5), aspect=rng.uniform(1.0, 1.3), wobble=rng.uniform(0.05, 0.1),
         ruffle=rng.uniform(0.02, 0.05),
-        nucleus_fraction=rng.uniform(0.42, 0.56), nuc_length=rng.uniform(1.0, 2.6), nuc_bend=rng.uniform(1.8, 3.6),
+        nucleus_fraction=rng.uniform(0.5, 0.72), nuc_length=rng.uniform(0.6, 2.2), nuc_bend=rng.uniform(1.5, 3.6),
         nuc_lobes=int(rng.choice([1, 1, 2])), nuc_pinch=rng.uniform(0.0, 0.35), nuc_offset=rng.uniform(0.1, 0.5),
         nuc_wobble=0.16, nuc_density=rng.uniform(0.58, 0.75), chromatin_coarse=0.75, chromatin_contrast=0.28,
         cyto_density=rng.uniform(0.38, 0.5), cyto_blue=0.6, cyto_grey=0.6, cyto_pink=0.05,

@@ -16,6 +16,7 @@ from bmteach.synth.looks import PX_PER_UM, SHIFTS, SIZE, Look, get_look
 from bmteach.synth.morphology import COMMON_CELLS, COMMON_WEIGHTS, GRANULES, CellSpec, sample_spec
 
 MASK_BACKGROUND, MASK_CYTOPLASM, MASK_NUCLEUS = 0, 1, 2
+OCCLUSION = 0.85          # how much of what lies under a cell it hides
 
 # --------------------------------------------------------------------------------------------------------------
 # Painting helpers: local windows, shapes, textures
@@ -181,6 +182,13 @@ class Canvas:
         else:
             target += conc * np.float32(gain)
 
+    def occlude(self, sl, cover: np.ndarray, strength: float) -> None:
+        """Hide what is already painted under `cover` (a cell lies on top: real cells are nearly opaque and
+        push their neighbours aside, they do not show red cells through them like soap bubbles)."""
+        keep = 1 - np.float32(strength) * cover
+        for conc in self.conc.values():
+            conc[sl] *= keep
+
     def optical_density(self) -> np.ndarray:
         channels = [np.zeros((SIZE, SIZE), np.float32) for _ in range(3)]
         for colour, conc in self.conc.items():
@@ -214,6 +222,7 @@ def paint_cell(canvas: Canvas, spec: CellSpec, cx: float, cy: float, rng: np.ran
     dist, idx = _polar(win)
     r_at = table[idx]
     cell = _soft(r_at - dist, 2.4)    # soft edges: real outlines are never pen-drawn
+    canvas.occlude(win.sl, cell, OCCLUSION)
     if spec.smudge:
         return win, *_paint_smudge(canvas, spec, win, cell, dist, r_at, rng, textures, stain)
     nucleus, nuc_conc, nuc_at = _nucleus(spec, win, radius, r_at, dist, rng, textures)
@@ -531,7 +540,7 @@ def render_patch(abbr: str, rng: np.random.Generator, difficulty: float = 0.5, l
 
 
 NIF_KINDS = ("defocused", "pyknotic", "lysed", "overlapped", "naked", "smudged", "cut", "cluster")
-NIF_WEIGHTS = (0.22, 0.16, 0.12, 0.1, 0.14, 0.08, 0.1, 0.08)
+NIF_WEIGHTS = (0.2, 0.22, 0.08, 0.1, 0.18, 0.06, 0.08, 0.08)   # real ones: mostly small, dark and compact
 
 
 def _degrade(spec: CellSpec, how: str, rng) -> tuple[CellSpec, float]:
@@ -541,7 +550,7 @@ def _degrade(spec: CellSpec, how: str, rng) -> tuple[CellSpec, float]:
         return replace(spec, granules={}), rng.uniform(2.0, 4.0)
     if how == "pyknotic":      # shrunken, ragged, a dense structureless nucleus, vacuolated cytoplasm
         return replace(spec, diameter=spec.diameter * rng.uniform(0.7, 0.9), wobble=spec.wobble + 0.1,
-                       nuc_density=rng.uniform(1.2, 1.5), nuc_length=rng.uniform(0, 0.5), pyknotic=1.0,
+                       nuc_density=rng.uniform(1.3, 1.9), nuc_length=rng.uniform(0, 0.5), pyknotic=1.0,
                        nucleus_fraction=rng.uniform(0.25, 0.5), vacuoles=int(rng.integers(2, 8))), 0.0
     if how == "lysed":         # pale, washed out, torn outline
         return replace(spec, wobble=spec.wobble + rng.uniform(0.1, 0.2), nuc_density=spec.nuc_density * 0.55,
