@@ -108,7 +108,7 @@ def test_background_is_light_and_cells_are_stained():
     rgb = np.asarray(image, dtype=np.float64) / 255
     nucleus = rgb[mask == 2].mean(axis=0)
     assert nucleus[2] > nucleus[1] and nucleus[2] > nucleus[0], "nuclei are purple-blue"
-    # generator 3: backgrounds as dim as real ones (brightness 0.58-0.97), so "pale" means above 0.6, not 0.8
+    # since generator 3: backgrounds as dim as real ones (brightness 0.58-0.97), so "pale" means above 0.6, not 0.8
     assert rgb.reshape(-1, 3).max(axis=0).min() > 0.6, "somewhere the background shows"
 
 
@@ -132,7 +132,7 @@ def test_maturation_drives_the_granulocytic_chain():
     rng = np.random.default_rng(1)
     young = synth.granulocytic_spec("BLA", 0.0, rng)
     old = synth.granulocytic_spec("NGS", 1.0, rng)
-    # generator 3: segmented neutrophils carry more nuclear area (real sample), so 1.5x rather than 2x
+    # since generator 3: segmented neutrophils carry more nuclear area (real sample), so 1.5x rather than 2x
     assert young.nucleus_fraction > 1.5 * old.nucleus_fraction
     assert young.cyto_blue > 0.9 and old.cyto_blue == 0.0 and old.cyto_pink > 0.5
     assert young.nuc_lobes == 1 and old.nuc_lobes >= 2 and old.nuc_pinch > 0.8
