@@ -201,14 +201,20 @@ class _ImageDataset:
             return torch.zeros(3, self.size, self.size, dtype=torch.uint8), False
 
 
+MAX_GPU_WORKERS = 32
+
+
 def _default_workers(device_type: str) -> int:
     """Decoding workers: none off the main thread (a web server's script thread: forking a multithreaded process
     can deadlock), else all cores but one on a GPU (a ResNeXt-50 forward in bf16 outruns a dozen decoders; the
-    main process only feeds the GPU) and 1 on CPU (the forward pass needs the other cores)."""
+    main process only feeds the GPU) and 1 on CPU (the forward pass needs the other cores). At most
+    MAX_GPU_WORKERS: each worker holds two batches in shared memory (~190 MB at 512 x 250 px), so a 128-core host
+    must not start 127 of them."""
     if threading.current_thread() is not threading.main_thread():
         return 0
     cores = os.cpu_count() or 1
-    return max(1, cores - 1) if device_type == "cuda" else (1 if cores > 1 else 0)
+    return min(MAX_GPU_WORKERS, max(1, cores - 1)) if device_type == "cuda" else (1 if cores > 1 else 0)
+
 
 
 def fold_batches(folds: np.ndarray, batch_size: int) -> list[list[int]]:

@@ -176,6 +176,8 @@ def test_decoding_workers(monkeypatch):
     monkeypatch.setattr(features.os, "cpu_count", lambda: 16)
     assert features._default_workers("cuda") == 15      # all cores but one feed a GPU (no cap at 8)
     assert features._default_workers("cpu") == 1       # the forward pass needs the other cores
+    monkeypatch.setattr(features.os, "cpu_count", lambda: 128)
+    assert features._default_workers("cuda") == features.MAX_GPU_WORKERS == 32   # shared memory stays bounded
     monkeypatch.setattr(features.os, "cpu_count", lambda: 1)
     assert features._default_workers("cuda") == 1 and features._default_workers("cpu") == 0
     import threading
