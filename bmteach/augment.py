@@ -35,20 +35,20 @@ PAPER_SHIFT = 0.25                  # fraction of the image size, each axis
 PAPER_SHEAR = 0.20                  # shear factor; RandomAffine takes the angle atan(0.2) = 11.3 deg
 
 
+def resize_transform(image_size: int) -> v2.Compose:
+    """PIL RGB image -> uint8 tensor (3, S, S): the first half of `eval_transform` and of `train_transform`.
+    Loader workers ship this (a quarter of float32's bytes through shared and pinned memory); `normalize_batch`
+    does the rest on the device."""
+    return v2.Compose([v2.PILToTensor(), v2.Resize((image_size, image_size), antialias=True)])
+
+
 def eval_transform(image_size: int, mean, std) -> v2.Compose:
     """PIL RGB image -> normalised float tensor (3, S, S). Inference and validation use exactly this."""
     return v2.Compose([
-        v2.PILToTensor(),
-        v2.Resize((image_size, image_size), antialias=True),
+        resize_transform(image_size),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean=list(mean), std=list(std)),
     ])
-
-
-def resize_transform(image_size: int) -> v2.Compose:
-    """PIL RGB image -> uint8 tensor (3, S, S): the first half of `eval_transform`. Loader workers ship this (a
-    quarter of float32's bytes through shared and pinned memory); `normalize_batch` does the rest on the device."""
-    return v2.Compose([v2.PILToTensor(), v2.Resize((image_size, image_size), antialias=True)])
 
 
 def normalize_batch(x: torch.Tensor, mean, std) -> torch.Tensor:
@@ -307,12 +307,12 @@ def train_transform(image_size: int, mean, std, stain_strength: float = 0.05, ro
     reference=True builds it from torchvision's step-by-step transforms (`reference_augment`; slower, same
     draws, same result to float rounding): what the tests and bench/ compare the fast path with.
     on_device=True stops before the pixel work: (uint8 (3, S, S), plan), for `augment_batch` on the device."""
-    resize = [v2.PILToTensor(), v2.Resize((image_size, image_size), antialias=True)]  # augment at training size
+    resize = resize_transform(image_size)  # augment at the training size: cheaper
     if reference:
-        return v2.Compose([*resize, v2.ToDtype(torch.float32, scale=True),
+        return v2.Compose([resize, v2.ToDtype(torch.float32, scale=True),
                            reference_augment(mean, std, stain_strength, rotation, shift, shear)])
     augment = PaperAugment(mean, std, stain_strength, rotation, shift, shear)
-    return v2.Compose([*resize, PlannedAugment(augment) if on_device else augment])
+    return v2.Compose([resize, PlannedAugment(augment) if on_device else augment])
 
 
 def apply_seeded(transform, image, seed: int):
