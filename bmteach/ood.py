@@ -8,8 +8,8 @@ fold model of the run, the reference fold (the first trained one: the model Expl
   multiple of the identity; the top `max_dims` principal directions are whitened, the rest counted through their
   mean variance (a residual term), so a 2048-wide ResNeXt feature stays a small file;
 - calibrate: the reference fold's HELD-OUT images (bmteach.features: each image through the fold model that
-  never trained on it), split in two seeded halves: the threshold is the 95th percentile of the first half's
-  scores, so about 5% of in-distribution images are flagged; the second half checks that share.
+  never trained on it): the threshold is the 95th percentile of their scores, so about 5% of in-distribution
+  images are flagged; two seeded halves check that share (each half's threshold applied to the other half).
 
 score = sqrt(min over classes of the squared distance / feature width), plus a guard on two image statistics
 (log grey-level sd and log variance of the Laplacian: contrast and texture): how far an image lies beyond the
@@ -56,9 +56,12 @@ class OodModel:
         percentile; 0 for most in-distribution images."""
         if self.stat_mean is None or stats is None:
             return np.zeros(len(stats) if stats is not None else 0)
+        return np.clip(self.stat_distance(stats) - self.stat_q, 0, None)
+
+    def stat_distance(self, stats: np.ndarray) -> np.ndarray:
+        """(n,) Mahalanobis distance of (n, 2) image statistics from the training images'."""
         d = np.asarray(stats, float) - self.stat_mean
-        dist = np.sqrt(np.einsum("ni,ij,nj->n", d, self.stat_prec, d))
-        return np.clip(dist - self.stat_q, 0, None)
+        return np.sqrt(np.einsum("ni,ij,nj->n", d, self.stat_prec, d))
 
     def score(self, features: np.ndarray, stats: np.ndarray | None = None) -> np.ndarray:
         """(n,) scores of (n, F) features (and (n, 2) image statistics, see image_stats); higher = further from
@@ -119,8 +122,7 @@ def fit_stats(model: OodModel, stats: np.ndarray) -> None:
     model.stat_mean = stats.mean(0)
     cov = np.cov(stats.T) + 1e-6 * np.eye(2)
     model.stat_prec = np.linalg.inv(cov)
-    d = stats - model.stat_mean
-    model.stat_q = float(np.quantile(np.sqrt(np.einsum("ni,ij,nj->n", d, model.stat_prec, d)), 0.99))
+    model.stat_q = float(np.quantile(model.stat_distance(stats), 0.99))
 
 
 def calibrate(model: OodModel, scores: np.ndarray, quantile: float = QUANTILE) -> float:
@@ -222,17 +224,16 @@ def fit_run(run_dir: str | Path, data: str | Path | None = None, max_fit_per_cla
     held = np.flatnonzero(table.rows["fold"].to_numpy() == fold)
     if len(held) < 4:
         raise UserError(f"Fold {fold} holds out too few images ({len(held)}) to calibrate the score.")
-    order = rng.permutation(held)
+    order = rng.permutation(len(held))            # positions among the held-out rows
     cal, check = np.sort(order[:len(order) // 2]), np.sort(order[len(order) // 2:])
-    feats = np.asarray(table.features, dtype=np.float32)
     say(f"contrast and texture of the {len(held)} held-out images")
-    stats = np.full((len(table.rows), 2), np.nan)
-    held_images, kept_held = _load_images(root, table.rows["path"].iloc[held].tolist())
-    stats[held[np.isin(table.rows["path"].iloc[held].to_numpy(), kept_held)]] = image_stats(held_images)
-    stats = np.where(np.isnan(stats), model.stat_mean, stats)     # an unreadable file counts as usual
-    scores = model.score(feats, stats)
+    held_paths = table.rows["path"].iloc[held].to_numpy()
+    held_images, kept_held = _load_images(root, held_paths.tolist())
+    stats = np.tile(model.stat_mean, (len(held), 1))              # an unreadable file counts as usual
+    stats[np.isin(held_paths, kept_held)] = image_stats(held_images)
+    scores = model.score(np.asarray(table.features[held], dtype=np.float32), stats)
     check_share = _cross_checked_share(scores[cal], scores[check])
-    threshold = calibrate(model, scores[held])    # the stored threshold uses every held-out image
+    threshold = calibrate(model, scores)          # the stored threshold uses every held-out image
     model.info.update({
         "quantile": QUANTILE, "fit_images": len(kept), "calibration_images": int(len(held)),
         "check_images": int(len(held)), "check_flagged_share": round(check_share, 4),
