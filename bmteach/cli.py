@@ -17,8 +17,10 @@ from pathlib import Path
 
 from bmteach.errors import UserError
 
-# The registered model names, for --help without importing torch; tests check it equals models.MODELS.
+# The registered model names and train's augmentation placements, for --help without importing torch; tests
+# check they equal models.MODELS and train.AUGMENT_ON.
 MODEL_CHOICES = ("sequential", "resnext50")
+AUGMENT_CHOICES = ("auto", "workers", "device")
 
 
 def note(message: str) -> None:
@@ -540,7 +542,7 @@ def _add_train(sub):
     p.add_argument("--finetune", default="all", choices=["all", "head"])
     p.add_argument("--pretrained", action="store_true", help="start from ImageNet weights (ResNeXt-50)")
     p.add_argument("--workers", type=int, default=None, help="data-loader workers (default: by device)")
-    p.add_argument("--augment-on", default="auto", choices=["auto", "workers", "device"],
+    p.add_argument("--augment-on", default="auto", choices=AUGMENT_CHOICES,
                    help="where the training augmentation runs: the loader workers, or the device on uint8 "
                         "batches (default auto: the device on CUDA, the workers on CPU; same draws either way)")
     p.add_argument("--parallel-folds", action="store_true", help="one fold per GPU, in parallel")

@@ -216,7 +216,6 @@ def _default_workers(device_type: str) -> int:
     return min(MAX_GPU_WORKERS, max(1, cores - 1)) if device_type == "cuda" else (1 if cores > 1 else 0)
 
 
-
 def fold_batches(folds: np.ndarray, batch_size: int) -> list[list[int]]:
     """Row indices in batches that never mix folds (each batch goes through one fold model), fold by fold, in
     row order within a fold. One loader over these serves every fold: its workers start once, not once a fold."""

@@ -235,8 +235,8 @@ def fit_run(run_dir: str | Path, data: str | Path | None = None, max_fit_per_cla
     check_share = _cross_checked_share(scores[cal], scores[check])
     threshold = calibrate(model, scores)          # the stored threshold uses every held-out image
     model.info.update({
-        "quantile": QUANTILE, "fit_images": len(kept), "calibration_images": int(len(held)),
-        "check_images": int(len(held)), "check_flagged_share": round(check_share, 4),
+        "quantile": QUANTILE, "fit_images": len(kept), "calibration_images": len(held),
+        "check_images": len(held), "check_flagged_share": round(check_share, 4),
         "check_note": "each half's threshold applied to the other half of the same held-out fold, averaged",
         "trained_on": trained_on(run_dir).sentence, "seed": seed, "seconds": round(time.perf_counter() - started, 1),
         "threshold_note": f"{QUANTILE:.0%} of fold {fold}'s held-out images score at or "

@@ -36,6 +36,12 @@ def test_help_lists_the_registered_models():
     assert cli.MODEL_CHOICES == tuple(MODELS)
 
 
+def test_help_lists_the_augmentation_placements_train_accepts():
+    from bmteach.train import AUGMENT_ON
+
+    assert cli.AUGMENT_CHOICES == AUGMENT_ON
+
+
 def test_unset_training_options_come_from_the_model_registry(tmp_path):
     import pandas as pd
 
