@@ -24,7 +24,6 @@ def main() -> None:
     ap = run_on_real_parser(__doc__)
     ap.add_argument("--data", default=None, help="the run's data folder (default: its own, else built-in)")
     args = ap.parse_args()
-    from PIL import Image
     from sklearn.metrics import roc_auc_score
 
     from bmteach import ood
@@ -35,11 +34,8 @@ def main() -> None:
     if model is None:
         sys.exit(f"{args.run} has no out-of-distribution score: run `python -m bmteach ood {args.run}` first")
     predictor = Predictor.from_run(args.run, device="cpu")
-    table = run_features(args.run, resolve_data_root(args.run, args.data))
-    held = np.flatnonzero(table.rows["fold"].to_numpy() == model.fold)
     root = resolve_data_root(args.run, args.data)
-    held_images = [Image.open(root / p).convert("RGB") for p in table.rows["path"].iloc[held]]
-    syn_scores = model.score(np.asarray(table.features, np.float32)[held], ood.image_stats(held_images))
+    syn_scores = ood.held_out_scores(model, run_features(args.run, root), root)   # what set the threshold
     real_scores, real_labels = [], []
     for abbr, images in real_test_images(args.real):
         s, _ = ood.score_images(predictor, model, images)

@@ -227,11 +227,7 @@ def fit_run(run_dir: str | Path, data: str | Path | None = None, max_fit_per_cla
     order = rng.permutation(len(held))            # positions among the held-out rows
     cal, check = np.sort(order[:len(order) // 2]), np.sort(order[len(order) // 2:])
     say(f"contrast and texture of the {len(held)} held-out images")
-    held_paths = table.rows["path"].iloc[held].to_numpy()
-    held_images, kept_held = _load_images(root, held_paths.tolist())
-    stats = np.tile(model.stat_mean, (len(held), 1))              # an unreadable file counts as usual
-    stats[np.isin(held_paths, kept_held)] = image_stats(held_images)
-    scores = model.score(np.asarray(table.features[held], dtype=np.float32), stats)
+    scores = held_out_scores(model, table, root)
     check_share = _cross_checked_share(scores[cal], scores[check])
     threshold = calibrate(model, scores)          # the stored threshold uses every held-out image
     model.info.update({
@@ -243,6 +239,18 @@ def fit_run(run_dir: str | Path, data: str | Path | None = None, max_fit_per_cla
                           f"below {threshold:.4g}"})
     save(model, run_dir)
     return model
+
+
+def held_out_scores(model: OodModel, table, root: Path) -> np.ndarray:
+    """Scores of the reference fold's held-out rows of a feature table (bmteach.features), in row order: their
+    features through the fold model that never trained on them, and their contrast/texture read from `root` (an
+    unreadable file counts as usual). What the threshold is set on."""
+    held = np.flatnonzero(table.rows["fold"].to_numpy() == model.fold)
+    paths = table.rows["path"].iloc[held].to_numpy()
+    images, kept = _load_images(Path(root), paths.tolist())
+    stats = np.tile(model.stat_mean, (len(held), 1))
+    stats[np.isin(paths, kept)] = image_stats(images)
+    return model.score(np.asarray(table.features[held], dtype=np.float32), stats)
 
 
 def _cross_checked_share(a: np.ndarray, b: np.ndarray) -> float:
