@@ -15,6 +15,11 @@ COLOURS = {"BLA": (200, 40, 40), "LYT": (40, 200, 40), "EBO": (40, 40, 200), "NG
 TINY = ["--model", "sequential", "--image-size", "32", "--batch-size", "8", "--lr", "0.003"]
 
 
+def one_sentence(text: str) -> None:
+    """What a person is told about bad input: one sentence, no traceback."""
+    assert "Traceback" not in text and "\n" not in text.strip() and text.strip().endswith("."), text
+
+
 def make_tiny_dataset(root: Path, per_class: int = 10, size: int = 32, seed: int = 0) -> Path:
     """Cells in the real layout (<ABBR>/<ABBR>_00001.jpg): one flat colour per class plus noise."""
     rng = np.random.default_rng(seed)

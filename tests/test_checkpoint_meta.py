@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from helpers import one_sentence
 from streamlit.testing.v1 import AppTest
 
 from bmteach import cli, settings
@@ -51,11 +52,6 @@ BAD = {
     "complete 'yes'": {**GOOD, "complete": "yes"},
     "metrics a list": {**GOOD, "metrics": [0.5]},
 }
-
-
-def one_sentence(text: str) -> None:
-    assert "Traceback" not in text and "\n" not in text.strip(), text
-    assert text.rstrip().endswith("."), text
 
 
 @pytest.fixture(scope="module")

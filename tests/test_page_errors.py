@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import make_untrained_run, run_page
+from helpers import make_untrained_run, one_sentence, run_page
 
 from bmteach import settings, ui
 from bmteach.errors import UserError
@@ -29,10 +29,6 @@ def tiny(tmp_path):
     run = tmp_path / "run"
     make_untrained_run(data, run)
     return data, run
-
-
-def one_sentence(text: str) -> None:
-    assert "Traceback" not in text and "\n" not in text.strip() and text.strip().endswith("."), text
 
 
 def test_an_image_deleted_while_the_server_runs_is_one_sentence_on_explain(env):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_page
+from helpers import one_sentence, run_page
 from streamlit.testing.v1 import AppTest
 
 from bmteach import settings, storage, ui
@@ -61,10 +61,6 @@ def clean(fresh_home, monkeypatch):
     for name in (settings.DATA_ENV, settings.RUN_ENV, settings.SECRET_ENV):
         monkeypatch.delenv(name, raising=False)
     return fresh_home
-
-
-def one_sentence(text: str) -> None:
-    assert "Traceback" not in text and "\n" not in text.strip() and text.strip().endswith("."), text
 
 
 def page_texts(at: AppTest) -> list[str]:
