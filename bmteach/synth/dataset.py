@@ -22,7 +22,7 @@ from bmteach.synth.looks import PX_PER_UM, SIZE, get_look
 from bmteach.synth.paint import cell_rng, generate_cell
 
 GENERATOR = "bmteach.synth"
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 RANGE_BLOCK = 1000        # images per range folder ("0001-1000"), as distributed
 
 # --------------------------------------------------------------------------------------------------------------

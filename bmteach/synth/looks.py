@@ -19,15 +19,16 @@ JPEG_QUALITY = 95         # the real files are quality-100 4:2:0 JPEGs; 95 keeps
 class Look:
     """Stain colours (optical density per unit concentration, RGB) and acquisition properties of one scanner."""
     name: str
-    haem: tuple = (1.25, 1.85, 0.42)        # nuclear stain: purple
+    # nuclear stain: violet (generator 5: less red absorbed than before; real nuclei read violet, not navy)
+    haem: tuple = (1.10, 1.85, 0.48)
     baso: tuple = (0.85, 1.30, 0.06)        # basophilic (RNA-rich) cytoplasm: blue
     eosin: tuple = (0.30, 0.54, 0.10)       # acidophilic cytoplasm: pink-lilac
     grey: tuple = (0.60, 0.60, 0.25)        # ground-glass grey (monocytes, hairy cells)
     rbc: tuple = (0.22, 0.44, 0.34)         # red cells: opaque pink-beige (green absorbed most)
     rbc_grey: tuple = (0.42, 0.40, 0.40)    # red cells on slides where they read grey
-    # eosinophilic granules: rose-mauve under this stain (green absorbed most, blue least: the optical-density
-    # ratio R:G:B of eosin-like pixels in real eosinophils, fit half, is about 0.43 : 1 : 0.21)
-    eos_granule: tuple = (0.26, 0.80, 0.30)
+    # eosinophilic granules: salmon-brown, packed densely enough to tint the whole cytoplasm (green absorbed
+    # most, then blue; generator 4's rose-mauve ones left the cytoplasm pale lilac, unlike real eosinophils)
+    eos_granule: tuple = (0.25, 0.70, 0.60)
     azur: tuple = (0.70, 1.60, 0.50)        # azurophilic granules: purple-red
     dark_granule: tuple = (1.60, 2.20, 0.90)  # basophilic / mast-cell granules: purple-black
     auer: tuple = (0.80, 1.70, 0.60)        # Auer rods: red-purple
@@ -36,7 +37,7 @@ class Look:
     background: tuple = ((1.04, 1.02, 0.92), (0.99, 1.04, 0.95), (0.98, 1.0, 1.03), (0.94, 0.98, 1.09),
                          (1.03, 0.96, 1.02), (0.98, 0.95, 1.09))
     background_weights: tuple = (0.08, 0.1, 0.2, 0.25, 0.12, 0.25)
-    bg_bright: tuple = (0.58, 0.97)         # background brightness range (a skewed draw, see paint._background)
+    bg_bright: tuple = (0.56, 1.0)          # background brightness range (a bimodal draw, see paint._background)
     film: float = 1.0                       # faint plasma film and debris on the background
     stain_gain: float = 1.1                 # all densities times this
     channel_gain: tuple = (1.1, 1.16, 0.95)  # the scanner's colour response: RGB densities times this

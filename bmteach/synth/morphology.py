@@ -69,7 +69,7 @@ GRANULES = {
     "azurophilic": GranuleKind("azur", 1.7, 0.42, 0.045, False, True),
     "specific": GranuleKind("azur", 1.1, 0.14, 0.060, False),
     "dust": GranuleKind("azur", 0.9, 0.12, 0.030, False),
-    "eosinophilic": GranuleKind("eos_granule", 1.5, 0.42, 0.070, False),
+    "eosinophilic": GranuleKind("eos_granule", 1.6, 0.42, 0.120, False),
     "basophilic": GranuleKind("dark_granule", 2.0, 0.80, 0.014, True),
     "abnormal": GranuleKind("dark_granule", 2.2, 0.65, 0.012, True),
     "mast": GranuleKind("dark_granule", 1.4, 0.75, 0.045, True),
@@ -124,9 +124,10 @@ def granulocytic_spec(abbr: str, t: float, rng: np.random.Generator) -> CellSpec
         nuc_pinch=_along(t, (0.8, 0.95), (0.0, 0.88)),
         nuc_offset=_along(t, k, (0.35, 0.8, 0.6, 0.35, 0.15, 0.1)) * rng.uniform(0.6, 1.15),
         nuc_wobble=_along(t, k, (0.07, 0.07, 0.09, 0.1, 0.12, 0.14)),
-        nuc_density=_along(t, k, (0.7, 0.7, 0.8, 0.88, 1.0, 1.05)) * rng.uniform(0.85, 1.15),
+        # young nuclei are dense violet with a fine visible chromatin (generator 5; real blasts' nuclei are not flat)
+        nuc_density=_along(t, k, (0.85, 0.8, 0.82, 0.88, 1.0, 1.05)) * rng.uniform(0.85, 1.15),
         chromatin_coarse=_along(t, k, (0.0, 0.15, 0.45, 0.65, 0.8, 0.9)),
-        chromatin_contrast=_along(t, k, (0.06, 0.14, 0.3, 0.38, 0.4, 0.42)),
+        chromatin_contrast=_along(t, k, (0.2, 0.22, 0.3, 0.38, 0.4, 0.42)),
         nucleoli=int(rng.integers(1, 4)) if rng.random() < _along(t, k, (0.8, 0.45, 0.05, 0, 0, 0)) else 0,
         nucleolus_contrast=rng.uniform(0.08, 0.3),                              # faint, never crisp white
         cyto_density=_along(t, k, (0.62, 0.55, 0.46, 0.45, 0.45, 0.45)) * rng.uniform(0.85, 1.15),
@@ -172,7 +173,7 @@ def lymphoid_spec(abbr: str, t: float, rng: np.random.Generator) -> CellSpec:
     k = (0.0, 0.17, 0.5, 0.8, 1.0)
     return CellSpec(
         abbr=abbr,
-        diameter=_along(t, k, (12.5, 11.5, 8.8, 7.4, 6.9)) * rng.uniform(0.85, 1.15),
+        diameter=_along(t, k, (12.5, 11.8, 10.0, 8.8, 8.2)) * rng.uniform(0.85, 1.15),
         aspect=rng.uniform(1.0, 1.15),
         wobble=0.04,
         nucleus_fraction=_along(t, k, (0.75, 0.75, 0.76, 0.78, 0.8)) * rng.uniform(0.9, 1.05),
@@ -197,10 +198,10 @@ def _eosinophil(abbr: str, rng: np.random.Generator) -> CellSpec:
                      nuc_lobes=int(rng.choice([1, 2, 2])), nuc_pinch=rng.uniform(0.3, 0.85),
                      nuc_offset=rng.uniform(0.1, 0.4), nucleus_fraction=rng.uniform(0.25, 0.35))
     return CellSpec(
-        abbr=abbr, diameter=rng.uniform(11.5, 15.5), aspect=rng.uniform(1.0, 1.2), **shape,
+        abbr=abbr, diameter=rng.uniform(10.0, 13.5), aspect=rng.uniform(1.0, 1.2), **shape,
         nuc_density=rng.uniform(0.75, 0.95), chromatin_coarse=0.6, chromatin_contrast=0.3,
         cyto_density=0.25, cyto_blue=rng.uniform(0.3, 0.7), cyto_pink=0.3, cyto_grey=0.3,  # pale blue-grey
-        granules={"eosinophilic": rng.uniform(0.6, 1.2)},                        # packed rose-mauve granules
+        granules={"eosinophilic": rng.uniform(0.6, 1.2)},                        # packed salmon-brown granules
     )
 
 
@@ -234,13 +235,13 @@ def _faggot_cell(abbr: str, rng: np.random.Generator) -> CellSpec:
 def _monocyte(abbr: str, rng: np.random.Generator) -> CellSpec:
     return CellSpec(
         # smaller than before (fit half of the real sample); kidney-shaped or folded nucleus with lacy
-        # chromatin, grey-blue vacuolated cytoplasm, ruffled edges
-        abbr=abbr, diameter=rng.uniform(12.5, 16.5), aspect=rng.uniform(1.0, 1.3), wobble=rng.uniform(0.05, 0.1),
+        # chromatin, violet-grey vacuolated cytoplasm, ruffled edges
+        abbr=abbr, diameter=rng.uniform(11.5, 15.0), aspect=rng.uniform(1.0, 1.3), wobble=rng.uniform(0.05, 0.1),
         ruffle=rng.uniform(0.02, 0.05),
         nucleus_fraction=rng.uniform(0.5, 0.72), nuc_length=rng.uniform(0.6, 2.2), nuc_bend=rng.uniform(1.5, 3.6),
         nuc_lobes=int(rng.choice([1, 1, 2])), nuc_pinch=rng.uniform(0.0, 0.35), nuc_offset=rng.uniform(0.1, 0.5),
-        nuc_wobble=0.16, nuc_density=rng.uniform(0.58, 0.75), chromatin_coarse=0.75, chromatin_contrast=0.28,
-        cyto_density=rng.uniform(0.38, 0.5), cyto_blue=0.6, cyto_grey=0.6, cyto_pink=0.05,
+        nuc_wobble=0.16, nuc_density=rng.uniform(0.65, 0.85), chromatin_coarse=0.4, chromatin_contrast=0.22,
+        cyto_density=rng.uniform(0.38, 0.5), cyto_blue=0.7, cyto_grey=0.2, cyto_pink=0.3,
         vacuoles=int(rng.choice([0, 2, 4, 6, 9])), granules={"dust": rng.uniform(0.3, 0.8)},
     )
 

@@ -454,7 +454,10 @@ def _background(look: Look, rng, bright: tuple | None = None) -> np.ndarray:
     u = rng.random()
     colour = (1 - u) * np.asarray(look.background[i]) + u * np.asarray(look.background[j])
     lo, hi = bright or look.bg_bright
-    colour = colour * (lo + (hi - lo) * rng.random() ** 0.8)
+    # real backgrounds are bimodal (fit half: a quarter of patches dim, the rest bright): a quarter from the bottom
+    # of the range, the rest from its top third
+    u = rng.uniform(0.0, 0.25) if rng.random() < 0.28 else rng.uniform(0.65, 1.0)
+    colour = colour * (lo + (hi - lo) * u)
     yy, xx = _unit_grid()
     gx, gy = rng.normal(0, 0.04, 2)
     light = 1 + gx * xx + gy * yy - look.vignette * rng.uniform(0.3, 1.0) * (xx ** 2 + yy ** 2)
