@@ -26,9 +26,10 @@ class Look:
     grey: tuple = (0.60, 0.60, 0.25)        # ground-glass grey (monocytes, hairy cells)
     rbc: tuple = (0.22, 0.44, 0.34)         # red cells: opaque pink-beige (green absorbed most)
     rbc_grey: tuple = (0.42, 0.40, 0.40)    # red cells on slides where they read grey
-    # eosinophilic granules: salmon-brown, packed densely enough to tint the whole cytoplasm (green absorbed
-    # most, then blue; generator 4's rose-mauve ones left the cytoplasm pale lilac, unlike real eosinophils)
-    eos_granule: tuple = (0.25, 0.70, 0.60)
+    # eosinophilic granules: salmon-mauve, packed densely enough to tint the whole cytoplasm (green absorbed most,
+    # then blue, then red; generator 4's sparse rose-mauve ones left the cytoplasm pale lilac, unlike real
+    # eosinophils; absorbing blue more than this turns the cytoplasm redder than blue, which no real one is)
+    eos_granule: tuple = (0.28, 0.75, 0.38)
     azur: tuple = (0.70, 1.60, 0.50)        # azurophilic granules: purple-red
     dark_granule: tuple = (1.60, 2.20, 0.90)  # basophilic / mast-cell granules: purple-black
     auer: tuple = (0.80, 1.70, 0.60)        # Auer rods: red-purple

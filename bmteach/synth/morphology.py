@@ -201,7 +201,7 @@ def _eosinophil(abbr: str, rng: np.random.Generator) -> CellSpec:
         abbr=abbr, diameter=rng.uniform(10.0, 13.5), aspect=rng.uniform(1.0, 1.2), **shape,
         nuc_density=rng.uniform(0.75, 0.95), chromatin_coarse=0.6, chromatin_contrast=0.3,
         cyto_density=0.25, cyto_blue=rng.uniform(0.3, 0.7), cyto_pink=0.3, cyto_grey=0.3,  # pale blue-grey
-        granules={"eosinophilic": rng.uniform(0.6, 1.2)},                        # packed salmon-brown granules
+        granules={"eosinophilic": rng.uniform(0.6, 1.2)},                        # packed salmon-mauve granules
     )
 
 
