@@ -109,9 +109,9 @@ def test_demo_flags_real_cells(demo, real_sample):
     fresh = [synth.generate_cell(a, synth.cell_rng(7, a, n))[0]           # 35 new synthetic cells of the same classes
              for a in ("BLA", "EOS", "LYT", "MON", "NGS", "NIF", "PMO") for n in range(1, 6)]
     syn, syn_flags = ood.score_images(predictor, model, fresh)
-    # generators 3 and 4 are close enough that only some real cells look foreign to the demo (generator 4: 11% of
-    # the real test half flagged, AUROC 0.78 against held-out synthetic: bench/ood_auroc.py); still real cells score higher and
-    # some are flagged. The page's "learnt from synthetic cells only" sentence does not depend on this score.
+    # generators 3 to 5 are close enough that only some real cells look foreign to the demo (generator 5: 8.6% of
+    # the real test half flagged, AUROC 0.67 against held-out synthetic: bench/ood_auroc.py); still real cells score
+    # higher and some are flagged. The page's "learnt from synthetic cells only" sentence does not depend on this score.
     assert real_flags.any()
     assert np.median(real) > np.median(syn)
     assert real_flags.mean() > syn_flags.mean()
