@@ -448,16 +448,16 @@ def _unit_grid() -> tuple[np.ndarray, np.ndarray]:
 
 def _background(look: Look, rng, bright: tuple | None = None) -> np.ndarray:
     """Illumination: a mix of two background tints (cream, yellow-green, grey, blue-grey, pink, lilac) at a
-    brightness from dim to bright (skewed towards bright), uneven across the patch."""
+    brightness either dim or bright (bimodal, as real smears), uneven across the patch."""
     p = np.asarray(look.background_weights, float)
     i, j = rng.choice(len(look.background), 2, p=p / p.sum())
     u = rng.random()
     colour = (1 - u) * np.asarray(look.background[i]) + u * np.asarray(look.background[j])
     lo, hi = bright or look.bg_bright
-    # real backgrounds are bimodal (fit half: a quarter of patches dim, the rest bright): a quarter from the bottom
-    # of the range, the rest from its top third
-    u = rng.uniform(0.0, 0.25) if rng.random() < 0.28 else rng.uniform(0.65, 1.0)
-    colour = colour * (lo + (hi - lo) * u)
+    # real backgrounds are bimodal (fit half: about a quarter of patches dim, the rest bright): 28% of patches
+    # from the bottom quarter of the range, the rest from its top third
+    level = rng.uniform(0.0, 0.25) if rng.random() < 0.28 else rng.uniform(0.65, 1.0)
+    colour = colour * (lo + (hi - lo) * level)
     yy, xx = _unit_grid()
     gx, gy = rng.normal(0, 0.04, 2)
     light = 1 + gx * xx + gy * yy - look.vignette * rng.uniform(0.3, 1.0) * (xx ** 2 + yy ** 2)
