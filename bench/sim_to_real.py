@@ -191,16 +191,19 @@ def main() -> None:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if not args.real.is_dir():
         sys.exit(f"real sample not found: {args.real}")
+    fit, test = real_split(args.real)
+    real = {"test": real_set(test, args.image_size), "fit": real_set(fit, args.image_size)}   # read once for all seeds
     seeds = range(args.seed, args.seed + max(1, args.repeats))
-    results = [run_once(args, seed, root, device) for seed in seeds]
+    results = [run_once(args, seed, root, device, real) for seed in seeds]
     if len(results) > 1:
         test, fit = np.array(results).T
         print(f"mean over seeds {seeds.start}-{seeds.stop - 1}: test half {test.mean():.3f} "
               f"({', '.join(f'{v:.3f}' for v in test)}), fit half {fit.mean():.3f}")
 
 
-def run_once(args, seed: int, root: str | None, device: str) -> tuple[float, float]:
-    """One seed: generate, train, report; (test-half, fit-half) balanced accuracy on the real sample."""
+def run_once(args, seed: int, root: str | None, device: str, real: dict) -> tuple[float, float]:
+    """One seed: generate, train, report; (test-half, fit-half) balanced accuracy on the real sample (`real`:
+    half -> (images, labels), from real_set)."""
     import torch
     started = time.perf_counter()
     workers = args.workers or args.threads
@@ -212,10 +215,9 @@ def run_once(args, seed: int, root: str | None, device: str) -> tuple[float, flo
           f"torch {torch.__version__}")
     model = train(x, y, args.epochs, seed, args.image_size, device)
     report("held-out synthetic", yt.numpy(), predict(model, xt, device))
-    fit, test = real_split(args.real)
-    xr, yr = real_set(test, args.image_size)
+    xr, yr = real["test"]
     bal = report("REAL, test half (seed-12 split, never used to tune)", yr.numpy(), predict(model, xr, device))
-    xf, yf = real_set(fit, args.image_size)
+    xf, yf = real["fit"]
     fit_bal = report("real, fit half (its statistics steered the generator; for reference)", yf.numpy(),
                      predict(model, xf, device))
     print(f"sim-to-real balanced accuracy (test half): {bal:.3f}; total {time.perf_counter() - started:.0f} s")
