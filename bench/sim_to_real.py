@@ -1,22 +1,27 @@
 """Sim-to-real benchmark: train a fixed small network on synthetic cells only, test it on held-out real cells.
 
     .venv/bin/python bench/sim_to_real.py --real ../shared/realdata/BM_cytomorphology_sample
-        [--per-class 200] [--epochs 6] [--image-size 64] [--threads 2] [--device cpu|cuda|auto]
+        [--per-class 200] [--epochs 20] [--image-size 64] [--threads 2] [--device cpu|cuda|auto]
         [--seed 0] [--repeats 3]     # seeds 0, 1, 2 and their mean (what docs/synthetic.md reports)
         [--synth-root DIR]   # another copy of the generator (DIR/bmteach), e.g. an older commit
         [--train-on-real]    # the reference: the same network and budget trained on the real FIT half instead
 
 The fixed budget: bmteach's "sequential" CNN (~0.33 M parameters), 7-way head (the classes of the real
 sample: BLA EOS LYT MON NGS NIF PMO), 64 px (a 250 px patch shrunk 4x: cheap enough for a shared 2-core CPU),
-200 synthetic cells per class (seed 100), 6 epochs of AdamW + one-cycle, random flips, 90-degree rotations, scale, focus blur and colour jitter. No real cell is seen
-in training and no parameter is fitted on the real images it scores: it reports balanced accuracy, per-class
-recall and the confusion matrix on the TEST half of the real sample (bench/realism_common.real_split, seed 12;
+200 synthetic cells per class (seed 100), 20 epochs of AdamW + one-cycle, random flips, 90-degree rotations,
+scale, focus blur and colour jitter (about 2 minutes per seed on 2 cores). No real cell is seen in training
+and no parameter is fitted on the real images it scores: it reports balanced accuracy, per-class recall and the
+confusion matrix on the TEST half of the real sample (bench/realism_common.real_split, seed 12;
 the FIT half is the only part whose statistics steer the generator) and, for reference, on the fit half.
 Also prints held-out synthetic accuracy (another seed) so a low real score can be told from under-training.
 
 --train-on-real measures what real cells themselves teach under the same budget: the network trains on the 210
 real cells of the FIT half (cycled to the same 1400 images per epoch, so the step count is the bench's) and is
-scored on the same TEST half. It is the figure a synthetic data set has to approach.
+scored on the same TEST half. It is the figure a synthetic data set has to approach: 0.62 at 20 epochs.
+
+Why 20 epochs (6 until generator 5): at 6 the reference itself only reaches 0.475, as low as synthetic cells, so
+the gap the generator has to close is hidden in seed-to-seed noise, and generator changes that scored higher at 6
+epochs scored lower at 20 (docs/synthetic.md). --epochs 6 still runs the old, quicker budget.
 """
 from __future__ import annotations
 
@@ -178,7 +183,8 @@ def main() -> None:
     ap.add_argument("--real", type=Path, default=REAL)
     ap.add_argument("--per-class", type=int, default=200)
     ap.add_argument("--test-per-class", type=int, default=20)
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=20,
+                    help="training epochs: the budget (6 until 2026-11-28, see the docstring)")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2, help="torch threads and generator processes")
     ap.add_argument("--workers", type=int, default=None, help="generator processes (default: --threads)")
