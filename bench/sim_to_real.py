@@ -9,7 +9,7 @@
 The fixed budget: bmteach's "sequential" CNN (~0.33 M parameters), 7-way head (the classes of the real
 sample: BLA EOS LYT MON NGS NIF PMO), 64 px (a 250 px patch shrunk 4x: cheap enough for a shared 2-core CPU),
 200 synthetic cells per class (seed 100), 20 epochs of AdamW + one-cycle, random flips, 90-degree rotations,
-scale, focus blur and colour jitter (about 2 minutes per seed on 2 cores). No real cell is seen in training
+scale, focus blur and colour jitter (about 90 s per seed on 2 cores). No real cell is seen in training
 and no parameter is fitted on the real images it scores: it reports balanced accuracy, per-class recall and the
 confusion matrix on the TEST half of the real sample (bench/realism_common.real_split, seed 12;
 the FIT half is the only part whose statistics steer the generator) and, for reference, on the fit half.
