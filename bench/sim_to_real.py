@@ -209,12 +209,12 @@ def main() -> None:
     seeds = range(args.seed, args.seed + max(1, args.repeats))
     if args.train_on_real:
         results = [run_real_reference(args, seed, device, real) for seed in seeds]
-    else:
-        results = [run_once(args, seed, root, device, real) for seed in seeds]
-    if len(results) > 1 and args.train_on_real:
-        print(f"mean over seeds {seeds.start}-{seeds.stop - 1}: test half {np.mean(results):.3f} "
-              f"({', '.join(f'{v:.3f}' for v in results)}), trained on the real fit half")
-    elif len(results) > 1:
+        if len(results) > 1:
+            print(f"mean over seeds {seeds.start}-{seeds.stop - 1}: test half {np.mean(results):.3f} "
+                  f"({', '.join(f'{v:.3f}' for v in results)}), trained on the real fit half")
+        return
+    results = [run_once(args, seed, root, device, real) for seed in seeds]
+    if len(results) > 1:
         test, fit = np.array(results).T
         print(f"mean over seeds {seeds.start}-{seeds.stop - 1}: test half {test.mean():.3f} "
               f"({', '.join(f'{v:.3f}' for v in test)}), fit half {fit.mean():.3f}")
